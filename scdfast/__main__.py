@@ -1,0 +1,5 @@
+import sys
+
+from scdfast.cli import main
+
+sys.exit(main())

@@ -1,0 +1,177 @@
+"""The `scdfast` command line: pretrain, linear, knn.
+
+Only this module parses arguments; everything it calls takes config dataclasses. A user
+error (ScdError, a missing file) prints one line and exits with status 2.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import torch
+
+from scdfast.config import LinearConfig, PretrainConfig, SCDConfig, preset, to_dict
+from scdfast.errors import ScdError
+
+EXIT_USER_ERROR = 2
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--preset", choices=("tiny", "paper"), default="paper",
+                        help="model and schedule sizes: 'paper' is the published setting (default), "
+                             "'tiny' a CPU-sized model and schedule")
+    parser.add_argument("--data", default="synthetic",
+                        help="'synthetic' (the built-in generated dataset, default) or a dataset directory "
+                             "holding {train,val}_data_joint.npy and {train,val}_label.pkl")
+    parser.add_argument("--device", default="auto", help="auto (CUDA when present, default), cpu, cuda or cuda:N")
+    parser.add_argument("--run-dir", default=None,
+                        help="where config.json, metrics.csv and checkpoints go (default runs/<command>-<time>)")
+    parser.add_argument("--seed", type=int, default=0, help="seed for weights, data order and augmentation (default 0)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars (for logs)")
+
+
+def _encoder_source(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_mutually_exclusive_group(required=True)
+    group.add_argument("--checkpoint", help="a pretraining run directory or checkpoint file (scdfast's or the "
+                                            "authors' official SCD-Net checkpoint)")
+    group.add_argument("--random-init", action="store_true",
+                       help="evaluate a randomly initialised encoder of the preset's size instead")
+    parser.add_argument("--random-baseline", action="store_true",
+                        help="with --checkpoint, also evaluate a randomly initialised encoder of the same "
+                             "architecture and seed, for comparison")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="scdfast",
+        description="Self-supervised skeleton action recognition with SCD-Net: pretrain an encoder "
+                    "without labels, then evaluate it by linear classification or kNN retrieval.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = commands.add_parser("pretrain", help="MoCo pretraining of SCD-Net (no labels used)",
+                            description="Pretrain SCD-Net's encoder with its four-term contrastive loss. "
+                                        "Defaults are the paper's: batch 64, SGD lr 0.01, 451 epochs.")
+    _common(p)
+    p.add_argument("--epochs", type=int, help="override the preset's epochs (paper: 451)")
+    p.add_argument("--batch-size", type=int, help="override the preset's batch size (paper: 64)")
+    p.add_argument("--lr", type=float, help="override the preset's learning rate (paper: 0.01)")
+    p.add_argument("--representation", choices=("joint", "motion", "bone"), default="joint",
+                   help="input stream (default joint)")
+
+    p = commands.add_parser("linear", help="linear evaluation of a frozen encoder",
+                            description="Train a linear classifier on the frozen encoder's features "
+                                        "(paper: SGD lr 2.0, batch 1024, 80 epochs) and report test top-1/top-5.")
+    _common(p)
+    _encoder_source(p)
+    p.add_argument("--epochs", type=int, help="override the classifier's epochs (paper: 80)")
+    p.add_argument("--lr", type=float, help="override the classifier's learning rate (paper: 2.0)")
+    p.add_argument("--batch-size", type=int, help="override the classifier's batch size")
+
+    p = commands.add_parser("knn", help="kNN retrieval accuracy of a frozen encoder",
+                            description="k-nearest-neighbour classification of test features against training "
+                                        "features under cosine similarity (the paper reports k=1).")
+    _common(p)
+    _encoder_source(p)
+    p.add_argument("--k", type=int, default=1, help="neighbours that vote (default 1)")
+    return parser
+
+
+def _overrides(args: argparse.Namespace, names: tuple[str, ...]) -> dict:
+    return {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
+
+
+def _run_pretrain(args: argparse.Namespace) -> None:
+    from scdfast.data import load_dataset
+    from scdfast.train.device import resolve_device
+    from scdfast.train.pretrain import pretrain
+    from scdfast.train.rundir import prepare_run_dir
+
+    model_config = preset(args.preset, SCDConfig)
+    config = preset(args.preset, PretrainConfig)
+    config = type(config)(**{**to_dict(config), **_overrides(args, ("epochs", "batch_size", "lr", "seed")),
+                             "representation": args.representation,
+                             "lr_drop_epochs": tuple(config.lr_drop_epochs)})
+    device = resolve_device(args.device)
+    train, _ = load_dataset(args.data, seed=args.seed)
+    run_dir = prepare_run_dir(args.run_dir, "pretrain")
+    print(f"pretraining on {args.data} ({len(train)} samples) on {device}; run directory {run_dir}")
+    result = pretrain(model_config, config, train, run_dir, device, progress=not args.no_progress)
+    print(f"done: {result.steps} steps in {result.seconds:.0f} s, final loss {result.final_loss:.4f}; "
+          f"checkpoint {result.checkpoint}")
+
+
+def _encoders(args: argparse.Namespace, num_classes: int):
+    """(label, DownstreamEncoder, SCDConfig) for each encoder the command evaluates."""
+    from scdfast.models import DownstreamEncoder
+    from scdfast.train.evaluate import load_encoder
+
+    if args.random_init:
+        config = preset(args.preset, SCDConfig)
+        torch.manual_seed(args.seed)
+        return [("random init", DownstreamEncoder(config, num_classes), config)]
+    encoder, config = load_encoder(args.checkpoint, num_classes)
+    out = [("pretrained", encoder, config)]
+    if args.random_baseline:
+        torch.manual_seed(args.seed)
+        out.append(("random init", DownstreamEncoder(config, num_classes), config))
+    return out
+
+
+def _run_eval(args: argparse.Namespace) -> None:
+    from scdfast.data import load_dataset
+    from scdfast.data.dataset import num_classes as count_classes
+    from scdfast.train.device import resolve_device
+    from scdfast.train.evaluate import extract_features, knn_accuracy, linear_probe
+    from scdfast.train.rundir import MetricsCSV, prepare_run_dir, save_json
+
+    device = resolve_device(args.device)
+    train, test = load_dataset(args.data, seed=args.seed)
+    classes = count_classes(train, test)
+    run_dir = prepare_run_dir(args.run_dir, args.command)
+    results = {}
+    for label, encoder, config in _encoders(args, classes):
+        progress = not args.no_progress
+        train_x = extract_features(encoder, train, config.window, device, progress=progress, desc=f"{label}: train features")
+        test_x = extract_features(encoder, test, config.window, device, progress=progress, desc=f"{label}: test features")
+        train_y, test_y = torch.from_numpy(train.labels), torch.from_numpy(test.labels)
+        if args.command == "linear":
+            linear = preset(args.preset, LinearConfig)
+            linear = type(linear)(**{**to_dict(linear), **_overrides(args, ("epochs", "lr", "batch_size", "seed")),
+                                     "lr_drop_epochs": tuple(linear.lr_drop_epochs)})
+            r = linear_probe(train_x, train_y, test_x, test_y, classes, linear, device, progress=progress)
+            results[label] = {"top1": r.top1, "top5": r.top5, "best_top1": r.best_top1}
+            print(f"linear evaluation, {label}: top-1 {r.top1:.2f}%  top-5 {r.top5:.2f}%  "
+                  f"(best top-1 over epochs {r.best_top1:.2f}%)")
+        else:
+            acc = knn_accuracy(train_x, train_y, test_x, test_y, k=args.k)
+            results[label] = {"top1": acc, "k": args.k}
+            print(f"{args.k}-NN retrieval, {label}: top-1 {acc:.2f}%")
+    print(f"chance level: {100.0 / classes:.2f}% ({classes} classes)")
+    save_json({"command": args.command, "data": args.data, "checkpoint": args.checkpoint,
+               "results": results, "num_classes": classes}, os.path.join(run_dir, "results.json"))
+    metrics = MetricsCSV(os.path.join(run_dir, "metrics.csv"), ["encoder", "metric", "value"])
+    for label, values in results.items():
+        for name, value in values.items():
+            metrics.write(encoder=label, metric=name, value=value)
+    metrics.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "pretrain":
+            _run_pretrain(args)
+        else:
+            _run_eval(args)
+    except (ScdError, FileNotFoundError, PermissionError) as exc:
+        print(f"scdfast {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print(f"scdfast {args.command}: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

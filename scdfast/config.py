@@ -1,0 +1,167 @@
+"""Configuration dataclasses: the model and its contrastive objective, and the schedules.
+
+Every default is the paper's (SCDNET.md). `tiny()` presets exist so that a CPU can run the
+whole pipeline in minutes; they change sizes and schedule lengths, never the method.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from scdfast.errors import ScdError
+
+
+@dataclass(kw_only=True)
+class SCDConfig:
+    """SCD-Net's architecture and MoCo objective."""
+
+    num_joints: int = 25
+    """V: joints per body (NTU layout)."""
+    num_bodies: int = 2
+    """M: bodies per sample."""
+    in_channels: int = 3
+    """C: coordinates per joint."""
+    window: int = 64
+    """Frames every view is resized to (the transformer's temporal token count)."""
+    gcn_channels: int = 64
+    """CTR-GCN base width: the units are 3->c, c->4c, 4c->c."""
+    d_model: int = 2048
+    """Width of both transformer branches (the paper's d)."""
+    num_heads: int = 8
+    num_layers: int = 1
+    dim_feedforward: int | None = None
+    """Transformer feed-forward width; None means d_model, as the authors build it."""
+    dropout: float = 0.1
+    """Transformer dropout (PyTorch's default, which the authors keep)."""
+    proj_dim: int = 128
+    """Output width of the three projectors (the contrastive embedding size)."""
+    queue_size: int = 8192
+    """K: keys in each of the three queues; must be a multiple of the batch size."""
+    temperature: float = 0.2
+    momentum: float = 0.999
+    """Key-encoder EMA coefficient."""
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.window > 0 and self.window % 16 == 0,
+             f"window={self.window}: must be a positive multiple of 16 (temporal masking cuts 16 segments)"),
+            (self.gcn_channels > 0 and self.gcn_channels % 4 == 0,
+             f"gcn_channels={self.gcn_channels}: must be a positive multiple of 4 (4 temporal branches)"),
+            (self.d_model % self.num_heads == 0,
+             f"d_model={self.d_model} is not divisible by num_heads={self.num_heads}"),
+            (self.temperature > 0, f"temperature={self.temperature}: must be > 0"),
+            (0.0 <= self.momentum < 1.0, f"momentum={self.momentum}: must be in [0, 1)"),
+            (self.queue_size > 0, f"queue_size={self.queue_size}: must be > 0"),
+            (self.num_layers >= 1, f"num_layers={self.num_layers}: must be >= 1"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ScdError(f"SCDConfig: {message}")
+
+    @property
+    def feedforward(self) -> int:
+        return self.dim_feedforward or self.d_model
+
+    @property
+    def feature_dim(self) -> int:
+        """Width of the downstream feature concat(vt, vs)."""
+        return 2 * self.d_model
+
+    @classmethod
+    def paper(cls, **overrides) -> "SCDConfig":
+        """The published configuration: 92,017,840 parameters per encoder."""
+        return cls(**overrides)
+
+    @classmethod
+    def tiny(cls, **overrides) -> "SCDConfig":
+        """A CPU-sized model: same structure, narrow layers, a short window and queue."""
+        values = dict(window=32, gcn_channels=16, d_model=128, num_heads=4, proj_dim=64,
+                      queue_size=1024, momentum=0.99)
+        values.update(overrides)
+        return cls(**values)
+
+
+@dataclass(kw_only=True)
+class PretrainConfig:
+    """MoCo pretraining schedule and view generation."""
+
+    epochs: int = 451
+    batch_size: int = 64
+    lr: float = 0.01
+    lr_drop_epochs: tuple[int, ...] = (351,)
+    """Epochs at which the learning rate is multiplied by 0.1."""
+    sgd_momentum: float = 0.9
+    weight_decay: float = 1e-4
+    crop_ratio: tuple[float, float] = (0.1, 1.0)
+    """Range of the temporal crop ratio r."""
+    representation: str = "joint"
+    """Input stream: joint, motion or bone."""
+    seed: int = 0
+    checkpoint_every: int = 1
+    """Epochs between checkpoints."""
+
+    def __post_init__(self) -> None:
+        if self.representation not in ("joint", "motion", "bone"):
+            raise ScdError(f"representation={self.representation!r}: use joint, motion or bone")
+        if self.batch_size < 1 or self.epochs < 1:
+            raise ScdError("PretrainConfig: batch_size and epochs must be >= 1")
+        lo, hi = self.crop_ratio
+        if not 0.0 < lo <= hi <= 1.0:
+            raise ScdError(f"crop_ratio={self.crop_ratio}: need 0 < low <= high <= 1")
+
+    @classmethod
+    def paper(cls, **overrides) -> "PretrainConfig":
+        return cls(**overrides)
+
+    @classmethod
+    def tiny(cls, **overrides) -> "PretrainConfig":
+        values = dict(epochs=30, batch_size=64, lr=0.05, lr_drop_epochs=(24,))
+        values.update(overrides)
+        return cls(**values)
+
+
+@dataclass(kw_only=True)
+class LinearConfig:
+    """Linear evaluation: frozen encoder (eval mode), a trained Linear classifier."""
+
+    epochs: int = 80
+    batch_size: int = 1024
+    lr: float = 2.0
+    lr_drop_epochs: tuple[int, ...] = (50, 70)
+    sgd_momentum: float = 0.9
+    weight_decay: float = 0.0
+    seed: int = 0
+
+    @classmethod
+    def paper(cls, **overrides) -> "LinearConfig":
+        return cls(**overrides)
+
+    @classmethod
+    def tiny(cls, **overrides) -> "LinearConfig":
+        values = dict(batch_size=256)
+        values.update(overrides)
+        return cls(**values)
+
+
+PRESETS = ("tiny", "paper")
+
+
+def preset(name: str, kind: type):
+    """`preset("tiny", SCDConfig)` -> SCDConfig.tiny()."""
+    if name not in PRESETS:
+        raise ScdError(f"--preset {name!r}: choose one of {', '.join(PRESETS)}")
+    return getattr(kind, name)()
+
+
+def to_dict(config) -> dict:
+    return dataclasses.asdict(config)
+
+
+def from_dict(kind: type, values: dict):
+    """Rebuild a config from its dict, refusing unknown fields by name."""
+    names = {f.name for f in dataclasses.fields(kind)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise ScdError(f"{kind.__name__}: unknown field(s) {', '.join(unknown)}")
+    cleaned = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+    return kind(**cleaned)

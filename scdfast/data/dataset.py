@@ -1,0 +1,114 @@
+"""Datasets as arrays: loading, validating and selecting the source named by `--data`.
+
+A dataset directory holds, per split (train, val):
+  {split}_data_joint.npy  (N, 3, T, V, M) float32, memory-mapped
+  {split}_label.pkl       pickled (sample names, 0-based int labels)
+  {split}_num_frame.npy   optional (N,) int; when absent, frames up to the last non-zero one
+`--data synthetic` is the built-in generator instead.
+"""
+from __future__ import annotations
+
+import os
+import pickle
+
+import numpy as np
+
+from scdfast.data.synthetic import SkeletonSet, synthetic_splits
+from scdfast.errors import ScdError
+
+SPLITS = ("train", "val")
+_CHUNK = 256  # samples validated per read, to bound memory on large memory-mapped arrays
+
+
+def validate(data: np.ndarray, num_frames: np.ndarray, labels: np.ndarray, source: str,
+             num_joints: int = 25, num_bodies: int = 2) -> None:
+    """Refuse arrays the model cannot take, naming the file and the fault."""
+    if data.ndim != 5:
+        raise ScdError(f"{source}: expected 5 axes (N, C, T, V, M), got shape {data.shape}")
+    n, c, t, v, m = data.shape
+    if c != 3:
+        raise ScdError(f"{source}: expected 3 coordinates on axis 1, got {c}")
+    if v != num_joints:
+        raise ScdError(f"{source}: expected {num_joints} joints on axis 3, got {v}")
+    if m != num_bodies:
+        raise ScdError(f"{source}: expected {num_bodies} bodies on axis 4, got {m}")
+    if n == 0:
+        raise ScdError(f"{source}: the array holds no samples")
+    if num_frames.shape != (n,) or labels.shape != (n,):
+        raise ScdError(f"{source}: {n} samples but {num_frames.shape[0]} frame counts and {labels.shape[0]} labels")
+    bad = np.flatnonzero((num_frames < 1) | (num_frames > t))
+    if bad.size:
+        raise ScdError(f"{source}: num_frames[{bad[0]}] = {num_frames[bad[0]]} is outside [1, {t}]")
+    if (labels < 0).any():
+        raise ScdError(f"{source}: labels must be 0-based non-negative integers (found {labels.min()})")
+    for lo in range(0, n, _CHUNK):
+        chunk = np.asarray(data[lo:lo + _CHUNK])
+        if not np.isfinite(chunk).all():
+            sample = lo + int(np.flatnonzero(~np.isfinite(chunk).reshape(chunk.shape[0], -1).all(1))[0])
+            raise ScdError(f"{source}: sample {sample} contains NaN or Inf")
+
+
+def frames_until_last_nonzero(data: np.ndarray) -> np.ndarray:
+    """Per sample, 1 + the index of the last frame with any non-zero coordinate (at least 1)."""
+    out = np.empty(data.shape[0], dtype=np.int64)
+    for lo in range(0, data.shape[0], _CHUNK):
+        moving = np.abs(np.asarray(data[lo:lo + _CHUNK])).sum(axis=(1, 3, 4)) > 0         # n, T
+        last = data.shape[2] - np.argmax(moving[:, ::-1], axis=1)
+        out[lo:lo + moving.shape[0]] = np.where(moving.any(1), last, 1)
+    return out
+
+
+def _read_labels(path: str) -> np.ndarray:
+    try:
+        with open(path, "rb") as f:
+            payload = pickle.load(f)
+    except FileNotFoundError:
+        raise ScdError(f"{path}: no such file") from None
+    except Exception as exc:
+        raise ScdError(f"{path}: cannot be read as a pickled (names, labels) pair ({exc.__class__.__name__})") from None
+    if isinstance(payload, (tuple, list)) and len(payload) == 2:
+        payload = payload[1]
+    try:
+        labels = np.asarray(payload, dtype=np.int64)
+    except (TypeError, ValueError):
+        raise ScdError(f"{path}: labels are not integers") from None
+    if labels.ndim != 1:
+        raise ScdError(f"{path}: expected a flat list of labels, got shape {labels.shape}")
+    return labels
+
+
+def load_split(root: str, split: str, num_joints: int = 25, num_bodies: int = 2) -> SkeletonSet:
+    data_path = os.path.join(root, f"{split}_data_joint.npy")
+    if not os.path.isfile(data_path):
+        raise ScdError(f"{data_path}: no such file (a dataset directory holds {split}_data_joint.npy)")
+    try:
+        data = np.load(data_path, mmap_mode="r")
+    except Exception as exc:
+        raise ScdError(f"{data_path}: not a readable .npy array ({exc.__class__.__name__})") from None
+    if data.dtype != np.float32:
+        raise ScdError(f"{data_path}: expected float32, got {data.dtype}")
+    labels = _read_labels(os.path.join(root, f"{split}_label.pkl"))
+    frames_path = os.path.join(root, f"{split}_num_frame.npy")
+    if os.path.isfile(frames_path):
+        num_frames = np.asarray(np.load(frames_path), dtype=np.int64).reshape(-1)
+    elif data.ndim == 5:
+        num_frames = frames_until_last_nonzero(data)
+    else:
+        num_frames = np.zeros(0, dtype=np.int64)
+    validate(data, num_frames, labels, data_path, num_joints, num_bodies)
+    return SkeletonSet(data=data, num_frames=num_frames, labels=labels)
+
+
+def load_dataset(source: str, seed: int = 0, num_joints: int = 25, num_bodies: int = 2) -> tuple[SkeletonSet, SkeletonSet]:
+    """(train, test) for `--data`: 'synthetic' or a dataset directory."""
+    if source == "synthetic":
+        return synthetic_splits(seed=seed)
+    if not os.path.exists(source):
+        raise ScdError(f"--data {source}: no such file or directory")
+    if not os.path.isdir(source):
+        raise ScdError(f"--data {source}: expected a dataset directory or 'synthetic'")
+    return tuple(load_split(source, split, num_joints, num_bodies) for split in SPLITS)
+
+
+def num_classes(*sets: SkeletonSet) -> int:
+    return int(max(int(s.labels.max()) for s in sets)) + 1

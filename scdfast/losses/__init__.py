@@ -1,0 +1,146 @@
+"""Contrastive losses with a selectable backend.
+
+`backend="torch"` runs the plain-PyTorch reference (scdfast.losses.reference). Every entry
+point validates its inputs first, so a wrong shape or setting fails before any compute.
+"""
+from __future__ import annotations
+
+import torch
+
+from scdfast.errors import ScdError
+from scdfast.losses import reference
+
+BACKENDS = ("auto", "torch", "triton")
+
+
+def _resolve_backend(backend: str, *tensors: torch.Tensor) -> str:
+    if backend not in BACKENDS:
+        raise ScdError(f"backend={backend!r}: choose one of {', '.join(BACKENDS)}")
+    if backend == "auto":
+        return "triton" if _triton_usable() and all(t.is_cuda for t in tensors) else "torch"
+    if backend == "triton" and not _triton_usable():
+        raise ScdError("backend='triton': the Triton kernels are not installed (scdfast.kernels)")
+    return backend
+
+
+def _triton_usable() -> bool:
+    try:
+        import scdfast.kernels.infonce  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _check_temperature(temperature: float) -> None:
+    if not temperature > 0:  # also refuses NaN
+        raise ScdError(f"temperature={temperature}: must be > 0")
+
+
+def _check_matrix(name: str, t: torch.Tensor, width: int | None = None) -> None:
+    if not isinstance(t, torch.Tensor) or t.dim() != 2:
+        shape = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
+        raise ScdError(f"{name}: expected a 2-D (rows, D) tensor, got {shape}")
+    if width is not None and t.shape[1] != width:
+        raise ScdError(f"{name}: embedding width {t.shape[1]} differs from the queries' {width}")
+    if not t.dtype.is_floating_point:
+        raise ScdError(f"{name}: expected a floating-point tensor, got {t.dtype}")
+
+
+def _check_finite(**tensors: torch.Tensor) -> None:
+    for name, t in tensors.items():
+        if not bool(torch.isfinite(t).all()):
+            raise ScdError(f"{name}: contains NaN or Inf")
+
+
+def infonce(q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor, temperature: float = 0.2,
+            query_ids: torch.Tensor | None = None, queue_ids: torch.Tensor | None = None,
+            backend: str = "auto", normalize: bool = False, check_finite: bool = True) -> torch.Tensor:
+    """MoCo InfoNCE, mean over the N queries.
+
+    q, k: (N, D) queries and their positive keys; queue: (K, D) negatives. With ids, a
+    negative whose id equals its query's id is left out (a sample's own older key).
+    `normalize=True` L2-normalises q and k inside. `check_finite` reads a flag from the
+    device (one sync); turn it off in a throughput loop that guards the loss itself.
+    """
+    _check_matrix("q", q)
+    _check_matrix("k", k, q.shape[1])
+    _check_matrix("queue", queue, q.shape[1])
+    if k.shape[0] != q.shape[0]:
+        raise ScdError(f"k: {k.shape[0]} positives for {q.shape[0]} queries")
+    _check_temperature(temperature)
+    if (query_ids is None) != (queue_ids is None):
+        missing = "query_ids" if query_ids is None else "queue_ids"
+        raise ScdError(f"{missing} is required when the other ids are given")
+    if query_ids is not None:
+        if query_ids.shape != (q.shape[0],) or queue_ids.shape != (queue.shape[0],):
+            raise ScdError(f"ids: query_ids must be ({q.shape[0]},) and queue_ids ({queue.shape[0]},), "
+                           f"got {tuple(query_ids.shape)} and {tuple(queue_ids.shape)}")
+    if check_finite:
+        _check_finite(q=q, k=k, queue=queue)
+    if _resolve_backend(backend, q, k, queue) == "triton":
+        from scdfast.kernels.infonce import fused_infonce
+        return fused_infonce(q, k, queue, temperature, query_ids, queue_ids, normalize)
+    return reference.infonce_ref(q, k, queue, temperature, query_ids, queue_ids, normalize)
+
+
+def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.5, backend: str = "auto",
+            normalize: bool = False, check_finite: bool = True) -> torch.Tensor:
+    """SimCLR's NT-Xent over the 2N views of (z1, z2), each (N, D)."""
+    _check_matrix("z1", z1)
+    _check_matrix("z2", z2, z1.shape[1])
+    if z1.shape[0] != z2.shape[0]:
+        raise ScdError(f"z2: {z2.shape[0]} rows, z1 has {z1.shape[0]}")
+    _check_temperature(temperature)
+    if check_finite:
+        _check_finite(z1=z1, z2=z2)
+    if _resolve_backend(backend, z1, z2) == "triton":
+        from scdfast.kernels.infonce import fused_nt_xent
+        return fused_nt_xent(z1, z2, temperature, normalize)
+    return reference.nt_xent_ref(z1, z2, temperature, normalize)
+
+
+def clip_loss(a: torch.Tensor, b: torch.Tensor, temperature: float = 0.07, backend: str = "auto",
+              normalize: bool = False, check_finite: bool = True) -> torch.Tensor:
+    """CLIP's symmetric cross-entropy over N matched pairs (a_i, b_i)."""
+    _check_matrix("a", a)
+    _check_matrix("b", b, a.shape[1])
+    if a.shape[0] != b.shape[0]:
+        raise ScdError(f"b: {b.shape[0]} rows, a has {a.shape[0]}")
+    _check_temperature(temperature)
+    if check_finite:
+        _check_finite(a=a, b=b)
+    if _resolve_backend(backend, a, b) == "triton":
+        from scdfast.kernels.infonce import fused_clip
+        return fused_clip(a, b, temperature, normalize)
+    return reference.clip_ref(a, b, temperature, normalize)
+
+
+def scd_loss(queries, keys, queues, temperature: float = 0.2, backend: str = "auto",
+             normalize: bool = False, check_finite: bool = True) -> torch.Tensor:
+    """SCD-Net's four-term interactive InfoNCE.
+
+    queries (qt, qs, qi), keys (kt, ks, ki): (N, D) each, L2-normalised unless `normalize`;
+    queues (temporal, spatial, instance): (K, D) each.
+    """
+    if len(queries) != 3 or len(keys) != 3 or len(queues) != 3:
+        raise ScdError("scd_loss: queries, keys and queues must each be 3 tensors (temporal, spatial, instance)")
+    width = queries[0].shape[1] if isinstance(queries[0], torch.Tensor) and queries[0].dim() == 2 else None
+    for names, group in ((("qt", "qs", "qi"), queries), (("kt", "ks", "ki"), keys),
+                         (("temporal_queue", "spatial_queue", "instance_queue"), queues)):
+        for name, t in zip(names, group):
+            _check_matrix(name, t, width)
+    n = queries[0].shape[0]
+    for name, t in zip(("qs", "qi", "kt", "ks", "ki"), (*queries[1:], *keys)):
+        if t.shape[0] != n:
+            raise ScdError(f"{name}: {t.shape[0]} rows, qt has {n}")
+    _check_temperature(temperature)
+    if check_finite:
+        _check_finite(**dict(zip(("qt", "qs", "qi", "kt", "ks", "ki"), (*queries, *keys))),
+                      **dict(zip(("temporal_queue", "spatial_queue", "instance_queue"), queues)))
+    if _resolve_backend(backend, *queries, *keys, *queues) == "triton":
+        from scdfast.kernels.infonce import fused_scd_loss
+        return fused_scd_loss(queries, keys, queues, temperature, normalize)
+    return reference.scd_loss_ref(queries, keys, queues, temperature, normalize)
+
+
+__all__ = ["BACKENDS", "clip_loss", "infonce", "nt_xent", "scd_loss"]

@@ -1,0 +1,131 @@
+"""MoCo pretraining of SCD-Net.
+
+One step: two views per sample (query, key), momentum update, keys from the key encoder,
+queries from the query encoder, the four-term loss, SGD, enqueue. Nothing in the step reads
+a value back to the host; the loss is summed on the device and read every `log_every` steps.
+"""
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from scdfast.augment import draw_views, make_views
+from scdfast.config import PretrainConfig, SCDConfig, to_dict
+from scdfast.data import SkeletonSet
+from scdfast.errors import ScdError
+from scdfast.losses import scd_loss
+from scdfast.models import SCDNet
+from scdfast.train.rundir import MetricsCSV, save_checkpoint, save_json
+
+CHECKPOINT_FORMAT = "scdfast-pretrain-v1"
+METRIC_FIELDS = ["epoch", "step", "loss", "lr", "samples_per_s", "data_s", "compute_s"]
+
+
+@dataclass
+class PretrainResult:
+    checkpoint: str
+    final_loss: float
+    steps: int
+    seconds: float
+
+
+def lr_at(config: PretrainConfig, epoch: int) -> float:
+    return config.lr * 0.1 ** sum(epoch >= e for e in config.lr_drop_epochs)
+
+
+def _check_sizes(model_config: SCDConfig, config: PretrainConfig, train: SkeletonSet) -> int:
+    if config.batch_size > len(train):
+        raise ScdError(f"batch_size={config.batch_size} exceeds the {len(train)} training samples")
+    if model_config.queue_size % config.batch_size:
+        raise ScdError(f"queue_size={model_config.queue_size} is not a multiple of batch_size={config.batch_size}")
+    return len(train) // config.batch_size  # drop_last, as the authors do
+
+
+def make_batch_views(train: SkeletonSet, index: np.ndarray, rng: np.random.Generator,
+                     model_config: SCDConfig, config: PretrainConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Query and key views, (B, C, window, V, M) each, drawn independently per sample."""
+    order = np.sort(index)  # sorted reads are kinder to a memory-mapped array
+    x = np.asarray(train.data[order])
+    nf = train.num_frames[order]
+    both = np.concatenate([x, x])
+    draws = draw_views(rng, np.concatenate([nf, nf]), model_config.window, config.crop_ratio,
+                       model_config.num_joints)
+    views = make_views(both, draws, model_config.window, config.representation)
+    return views[: len(order)], views[len(order):]
+
+
+def pretrain_step(model: SCDNet, optimizer: torch.optim.Optimizer, query_view: torch.Tensor,
+                  key_view: torch.Tensor) -> torch.Tensor:
+    """One MoCo step; returns the loss as a device tensor (no host sync)."""
+    model.momentum_update()
+    keys = model.encode_keys(key_view)
+    queries = model.encode_queries(query_view)
+    loss = scd_loss(queries, keys, model.queues, model.config.temperature, check_finite=False)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    model.enqueue(keys)
+    return loss.detach()
+
+
+def pretrain(model_config: SCDConfig, config: PretrainConfig, train: SkeletonSet, run_dir: str,
+             device: torch.device, log_every: int = 10, progress: bool = True) -> PretrainResult:
+    steps_per_epoch = _check_sizes(model_config, config, train)
+    torch.manual_seed(config.seed)
+    rng = np.random.default_rng(config.seed)
+    model = SCDNet(model_config).to(device)
+    optimizer = torch.optim.SGD(model.query_encoder.parameters(), lr=config.lr, momentum=config.sgd_momentum,
+                                weight_decay=config.weight_decay)
+    save_json({"command": "pretrain", "model": to_dict(model_config), "pretrain": to_dict(config),
+               "device": str(device), "train_samples": len(train)}, os.path.join(run_dir, "config.json"))
+    metrics = MetricsCSV(os.path.join(run_dir, "metrics.csv"), METRIC_FIELDS)
+    checkpoint = os.path.join(run_dir, "checkpoints", "last.pt")
+    total = steps_per_epoch * config.epochs
+    bar = tqdm(total=total, desc="pretrain", unit="step", disable=not progress, dynamic_ncols=True)
+    step, loss_value, start = 0, math.nan, time.perf_counter()
+    model.train()
+    try:
+        for epoch in range(config.epochs):
+            for group in optimizer.param_groups:
+                group["lr"] = lr_at(config, epoch)
+            order = rng.permutation(len(train))
+            loss_sum = torch.zeros((), device=device)
+            data_s = compute_s = 0.0
+            epoch_start = time.perf_counter()
+            for b in range(steps_per_epoch):
+                t0 = time.perf_counter()
+                q_np, k_np = make_batch_views(train, order[b * config.batch_size:(b + 1) * config.batch_size],
+                                              rng, model_config, config)
+                q_view = torch.from_numpy(q_np).to(device, non_blocking=True)
+                k_view = torch.from_numpy(k_np).to(device, non_blocking=True)
+                t1 = time.perf_counter()
+                loss_sum += pretrain_step(model, optimizer, q_view, k_view)
+                step += 1
+                data_s += t1 - t0
+                compute_s += time.perf_counter() - t1
+                bar.update(1)
+                if step % log_every == 0 or b == steps_per_epoch - 1:
+                    loss_value = loss_sum.item() / (b + 1)  # host sync, once per log interval
+                    if not math.isfinite(loss_value):
+                        raise ScdError(f"pretrain: the loss became non-finite by step {step} (epoch {epoch}); "
+                                       f"the last good checkpoint is {checkpoint}")
+                    bar.set_postfix(loss=f"{loss_value:.3f}", lr=f"{lr_at(config, epoch):.3g}", epoch=epoch)
+            elapsed = time.perf_counter() - epoch_start
+            metrics.write(epoch=epoch, step=step, loss=f"{loss_value:.6f}", lr=lr_at(config, epoch),
+                          samples_per_s=f"{steps_per_epoch * config.batch_size / elapsed:.1f}",
+                          data_s=f"{data_s:.3f}", compute_s=f"{compute_s:.3f}")
+            if (epoch + 1) % config.checkpoint_every == 0 or epoch + 1 == config.epochs:
+                save_checkpoint({"format": CHECKPOINT_FORMAT, "model_config": to_dict(model_config),
+                                 "pretrain_config": to_dict(config), "epoch": epoch + 1, "step": step,
+                                 "model": model.state_dict(), "optimizer": optimizer.state_dict()}, checkpoint)
+    finally:
+        bar.close()
+        metrics.close()
+    return PretrainResult(checkpoint=checkpoint, final_loss=loss_value, steps=step,
+                          seconds=time.perf_counter() - start)
