@@ -1,0 +1,95 @@
+"""The command line end to end on tiny settings, and its answers to bad input."""
+import json
+import os
+import pickle
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from scdfast.cli import main
+from scdfast.data import generate
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    for split, seed in (("train", 0), ("val", 1)):
+        s = generate(24, seed=seed, num_classes=3, max_frames=300)
+        np.save(root / f"{split}_data_joint.npy", s.data)
+        np.save(root / f"{split}_num_frame.npy", s.num_frames)
+        with open(root / f"{split}_label.pkl", "wb") as f:
+            pickle.dump(([f"s{i}" for i in range(24)], s.labels.tolist()), f)
+    return root
+
+
+@pytest.fixture(scope="module")
+def pretrained(dataset, tmp_path_factory):
+    run = tmp_path_factory.mktemp("run") / "pre"
+    code = main(["pretrain", "--preset", "tiny", "--data", str(dataset), "--epochs", "1", "--batch-size", "8",
+                 "--device", "cpu", "--run-dir", str(run), "--no-progress"])
+    assert code == 0
+    return run
+
+
+def test_pretrain_writes_the_run_directory(pretrained):
+    config = json.loads((pretrained / "config.json").read_text())
+    assert config["model"]["d_model"] == 128 and config["pretrain"]["batch_size"] == 8
+    rows = (pretrained / "metrics.csv").read_text().splitlines()
+    assert rows[0].startswith("epoch,step,loss") and len(rows) == 2
+    assert (pretrained / "checkpoints" / "last.pt").is_file()
+    assert not [p for p in os.listdir(pretrained / "checkpoints") if p.startswith(".tmp")]
+
+
+@pytest.mark.parametrize("command", ["linear", "knn"])
+def test_evaluation_of_pretrained_and_random(command, pretrained, dataset, tmp_path, capsys):
+    extra = ["--epochs", "2"] if command == "linear" else ["--k", "3"]
+    code = main([command, "--preset", "tiny", "--data", str(dataset), "--checkpoint", str(pretrained),
+                 "--random-baseline", "--device", "cpu", "--run-dir", str(tmp_path), "--no-progress", *extra])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "pretrained: top-1" in out and "random init: top-1" in out
+    results = json.loads((tmp_path / "results.json").read_text())["results"]
+    assert set(results) == {"pretrained", "random init"}
+    assert all(0.0 <= r["top1"] <= 100.0 for r in results.values())
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, "-m", "scdfast", *args], capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.parametrize("args,message", [
+    (["pretrain", "--preset", "tiny", "--data", "/nonexistent/data"], "--data /nonexistent/data: no such file"),
+    (["linear", "--preset", "tiny", "--checkpoint", "/nonexistent/ckpt.pt"], "no such file"),
+    (["pretrain", "--preset", "tiny", "--device", "gpu7"], "--device 'gpu7'"),
+    (["pretrain", "--preset", "huge"], "invalid choice"),
+])
+def test_user_errors_are_one_line_without_traceback(args, message, tmp_path):
+    result = run_cli(*args, "--run-dir", str(tmp_path / "r"))
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert message in result.stderr
+
+
+def test_bad_data_leaves_earlier_checkpoint_intact(pretrained, tmp_path):
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    x = np.ones((4, 3, 20, 25, 2), np.float32)
+    x[1, 0, 0, 0, 0] = np.inf
+    for split in ("train", "val"):
+        np.save(bad / f"{split}_data_joint.npy", x)
+        with open(bad / f"{split}_label.pkl", "wb") as f:
+            pickle.dump((["a", "b", "c", "d"], [0, 1, 0, 1]), f)
+    before = (pretrained / "checkpoints" / "last.pt").read_bytes()
+    result = run_cli("pretrain", "--preset", "tiny", "--data", str(bad), "--run-dir", str(pretrained),
+                     "--batch-size", "2", "--no-progress")
+    assert result.returncode == 2 and "sample 1 contains NaN or Inf" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert (pretrained / "checkpoints" / "last.pt").read_bytes() == before
+
+
+def test_help_explains_each_command():
+    for command in ("pretrain", "linear", "knn"):
+        result = run_cli(command, "--help")
+        assert result.returncode == 0 and "--preset" in result.stdout and "--data" in result.stdout
