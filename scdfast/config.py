@@ -75,7 +75,7 @@ class SCDConfig:
     @classmethod
     def tiny(cls, **overrides) -> "SCDConfig":
         """A CPU-sized model: same structure, narrow layers, a short window and queue."""
-        values = dict(window=32, gcn_channels=16, d_model=128, num_heads=4, proj_dim=64,
+        values = dict(window=32, gcn_channels=8, d_model=128, num_heads=4, proj_dim=64,
                       queue_size=1024, momentum=0.99)
         values.update(overrides)
         return cls(**values)
@@ -115,7 +115,7 @@ class PretrainConfig:
 
     @classmethod
     def tiny(cls, **overrides) -> "PretrainConfig":
-        values = dict(epochs=30, batch_size=64, lr=0.05, lr_drop_epochs=(24,))
+        values = dict(epochs=16, batch_size=64, lr=0.1, lr_drop_epochs=(13,))
         values.update(overrides)
         return cls(**values)
 

@@ -1,0 +1,283 @@
+"""Fused InfoNCE in Triton: loss and gradient in one streaming pass, no N x K logits.
+
+For a query q_i, positive k_i and negatives c_j (a queue, or the batch itself), temperature T:
+
+    s_ip = q_i . k_i / T,   s_ij = q_i . c_j / T   (masked columns: s_ij = -inf)
+    loss_i = lse_i - s_ip,  lse_i = log(exp(s_ip) + sum_j exp(s_ij))
+    dloss_i/dq_i = (p_ip k_i + sum_j p_ij c_j - k_i) / T,  p = exp(s - lse)
+
+`_rows_kernel` streams the negatives in tiles keeping the running max m, the running sum l
+and the softmax-weighted sum of candidates acc, rescaled online as flash-attention does, so
+loss_i, lse_i and dq_i come out of one pass. When the negatives need gradients too (NT-Xent,
+CLIP), `_columns_kernel` makes the transposed pass with the saved lse:
+dloss/dc_j = sum_i p_ij q_i / T. Neither kernel holds more than a BLOCK_N x BLOCK_K tile.
+
+Masks are computed in the kernel from compact inputs: up to two excluded column indices per
+row (the row itself for NT-Xent, the positive's column for in-batch negatives) and instance
+ids (a negative whose id equals its query's id is excluded). Inputs may be fp32 or bf16;
+they are converted to fp32 at load and every accumulation is fp32.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+_NEG_INF = float("-inf")
+
+
+@triton.jit
+def _column_mask(cols, K, excl_a, excl_b, row_ids, ids_ptr, HAS_EXCL: tl.constexpr, HAS_IDS: tl.constexpr):
+    """True where column `cols` is a valid negative for each row (BLOCK_N x BLOCK_K)."""
+    valid = (cols < K)[None, :]
+    if HAS_EXCL:
+        valid = valid & (cols[None, :] != excl_a[:, None]) & (cols[None, :] != excl_b[:, None])
+    if HAS_IDS:
+        col_ids = tl.load(ids_ptr + cols, mask=cols < K, other=-1)
+        valid = valid & (col_ids[None, :] != row_ids[:, None])
+    return valid
+
+
+@triton.jit
+def _rows_kernel(
+    q_ptr, k_ptr, c_ptr,            # queries (N, D), positives (N, D), negatives (K, D); row-major
+    excl_ptr,                       # (2, N) int32 excluded columns per row, -1 for none (HAS_EXCL)
+    qid_ptr, cid_ptr,               # (N,), (K,) int64 ids (HAS_IDS)
+    loss_ptr, lse_ptr, dq_ptr,      # out: (N,), (N,) fp32, (N, D) fp32 dloss_i/dq_i
+    N, K, D, inv_t,                 # sizes and 1 / temperature
+    HAS_EXCL: tl.constexpr, HAS_IDS: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    rows = pid * BLOCK_N + tl.arange(0, BLOCK_N)
+    dims = tl.arange(0, BLOCK_D)
+    row_ok = rows < N
+    tile_mask = row_ok[:, None] & (dims < D)[None, :]
+    offs = rows.to(tl.int64)[:, None] * D + dims[None, :]
+    q = tl.load(q_ptr + offs, mask=tile_mask, other=0.0).to(tl.float32)          # BLOCK_N, BLOCK_D
+    k = tl.load(k_ptr + offs, mask=tile_mask, other=0.0).to(tl.float32)
+    s_pos = tl.sum(q * k, axis=1) * inv_t                                       # BLOCK_N
+    excl_a = tl.full([BLOCK_N], -1, tl.int32)
+    excl_b = tl.full([BLOCK_N], -1, tl.int32)
+    if HAS_EXCL:
+        excl_a = tl.load(excl_ptr + rows, mask=row_ok, other=-1)
+        excl_b = tl.load(excl_ptr + N + rows, mask=row_ok, other=-1)
+    row_ids = tl.zeros([BLOCK_N], dtype=tl.int64)
+    if HAS_IDS:
+        row_ids = tl.load(qid_ptr + rows, mask=row_ok, other=-2)
+    # the positive opens the online softmax: m = s_pos, l = 1, acc = k
+    m = s_pos
+    l = tl.full([BLOCK_N], 1.0, tl.float32)
+    acc = k
+    for start in range(0, K, BLOCK_K):
+        cols = start + tl.arange(0, BLOCK_K)
+        c_offs = cols.to(tl.int64)[:, None] * D + dims[None, :]
+        c = tl.load(c_ptr + c_offs, mask=(cols < K)[:, None] & (dims < D)[None, :], other=0.0).to(tl.float32)
+        s = tl.dot(q, tl.trans(c), input_precision="ieee") * inv_t             # BLOCK_N, BLOCK_K
+        valid = _column_mask(cols, K, excl_a, excl_b, row_ids, cid_ptr, HAS_EXCL, HAS_IDS)
+        s = tl.where(valid, s, _NEG_INF)
+        m_new = tl.maximum(m, tl.max(s, axis=1))
+        alpha = tl.exp(m - m_new)
+        p = tl.exp(s - m_new[:, None])
+        l = l * alpha + tl.sum(p, axis=1)
+        acc = acc * alpha[:, None] + tl.dot(p, c, input_precision="ieee")
+        m = m_new
+    lse = m + tl.log(l)
+    tl.store(loss_ptr + rows, lse - s_pos, mask=row_ok)
+    tl.store(lse_ptr + rows, lse, mask=row_ok)
+    dq = (acc / l[:, None] - k) * inv_t
+    tl.store(dq_ptr + offs, dq, mask=tile_mask)
+
+
+@triton.jit
+def _columns_kernel(
+    q_ptr, c_ptr,                   # queries (N, D), negatives (K, D)
+    lse_ptr,                        # (N,) fp32 from _rows_kernel
+    excl_ptr, qid_ptr, cid_ptr,     # the same masks as the row pass
+    dc_ptr,                         # out: (K, D) fp32, sum_i p_ij q_i / T (row weights w_i applied)
+    w_ptr,                          # (N,) fp32 per-row weight of the loss (e.g. 1 / N)
+    N, K, D, inv_t,
+    HAS_EXCL: tl.constexpr, HAS_IDS: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    cols = pid * BLOCK_K + tl.arange(0, BLOCK_K)
+    dims = tl.arange(0, BLOCK_D)
+    col_ok = cols < K
+    c_mask = col_ok[:, None] & (dims < D)[None, :]
+    c_offs = cols.to(tl.int64)[:, None] * D + dims[None, :]
+    c = tl.load(c_ptr + c_offs, mask=c_mask, other=0.0).to(tl.float32)            # BLOCK_K, BLOCK_D
+    acc = tl.zeros([BLOCK_K, BLOCK_D], dtype=tl.float32)
+    for start in range(0, N, BLOCK_N):
+        rows = start + tl.arange(0, BLOCK_N)
+        row_ok = rows < N
+        offs = rows.to(tl.int64)[:, None] * D + dims[None, :]
+        q = tl.load(q_ptr + offs, mask=row_ok[:, None] & (dims < D)[None, :], other=0.0).to(tl.float32)
+        lse = tl.load(lse_ptr + rows, mask=row_ok, other=0.0)
+        w = tl.load(w_ptr + rows, mask=row_ok, other=0.0)
+        excl_a = tl.full([BLOCK_N], -1, tl.int32)
+        excl_b = tl.full([BLOCK_N], -1, tl.int32)
+        if HAS_EXCL:
+            excl_a = tl.load(excl_ptr + rows, mask=row_ok, other=-1)
+            excl_b = tl.load(excl_ptr + N + rows, mask=row_ok, other=-1)
+        row_ids = tl.zeros([BLOCK_N], dtype=tl.int64)
+        if HAS_IDS:
+            row_ids = tl.load(qid_ptr + rows, mask=row_ok, other=-2)
+        s = tl.dot(q, tl.trans(c), input_precision="ieee") * inv_t                 # BLOCK_N, BLOCK_K
+        valid = _column_mask(cols, K, excl_a, excl_b, row_ids, cid_ptr, HAS_EXCL, HAS_IDS) & row_ok[:, None]
+        p = tl.where(valid, tl.exp(s - lse[:, None]), 0.0) * w[:, None]
+        acc += tl.dot(tl.trans(p), q, input_precision="ieee")
+    tl.store(dc_ptr + c_offs, acc * inv_t, mask=c_mask)
+
+
+def _blocks(d: int) -> tuple[int, int, int]:
+    block_d = max(16, triton.next_power_of_2(d))
+    if block_d > 512:
+        raise ValueError(f"embedding width {d}: the fused kernels take D <= 512")
+    # keep a BLOCK_N x BLOCK_D query tile and a BLOCK_K x BLOCK_D negative tile in registers
+    block_n = 32 if block_d <= 128 else 16
+    block_k = 64 if block_d <= 128 else 32
+    return block_n, block_k, block_d
+
+
+def rows_pass(q, k, c, inv_t, excl=None, query_ids=None, queue_ids=None):
+    """(loss (N,), lse (N,), dq (N, D)) for contiguous q, k (N, D) and c (K, D)."""
+    n, d = q.shape
+    block_n, block_k, block_d = _blocks(d)
+    loss = torch.empty(n, device=q.device, dtype=torch.float32)
+    lse = torch.empty_like(loss)
+    dq = torch.empty(n, d, device=q.device, dtype=torch.float32)
+    dummy = loss
+    _rows_kernel[(triton.cdiv(n, block_n),)](
+        q, k, c, excl if excl is not None else dummy,
+        query_ids if query_ids is not None else dummy, queue_ids if queue_ids is not None else dummy,
+        loss, lse, dq, n, c.shape[0], d, inv_t,
+        HAS_EXCL=excl is not None, HAS_IDS=query_ids is not None,
+        BLOCK_N=block_n, BLOCK_K=block_k, BLOCK_D=block_d)
+    return loss, lse, dq
+
+
+def columns_pass(q, c, lse, weight, inv_t, excl=None, query_ids=None, queue_ids=None):
+    """dc (K, D): the gradient reaching the negatives, sum_i weight_i p_ij q_i / T."""
+    n, d = q.shape
+    block_n, block_k, block_d = _blocks(d)
+    dc = torch.empty(c.shape[0], d, device=q.device, dtype=torch.float32)
+    dummy = lse
+    _columns_kernel[(triton.cdiv(c.shape[0], block_k),)](
+        q, c, lse, excl if excl is not None else dummy,
+        query_ids if query_ids is not None else dummy, queue_ids if queue_ids is not None else dummy,
+        dc, weight, n, c.shape[0], d, inv_t,
+        HAS_EXCL=excl is not None, HAS_IDS=query_ids is not None,
+        BLOCK_N=block_n, BLOCK_K=block_k, BLOCK_D=block_d)
+    return dc
+
+
+# ---- autograd: forward computes every gradient; backward only scales by grad_output ----
+
+def _excluded(n_rows: int, first: torch.Tensor, second: torch.Tensor | None = None) -> torch.Tensor:
+    """(2, n_rows) int32 excluded column indices, -1 where none."""
+    none = torch.full((n_rows,), -1, dtype=torch.int32, device=first.device)
+    return torch.stack([first.to(torch.int32), none if second is None else second.to(torch.int32)]).contiguous()
+
+
+def _positive_grad(loss_rows: torch.Tensor, q: torch.Tensor, inv_t: float, weight: float) -> torch.Tensor:
+    """dloss/dk_i = (p_ip - 1) q_i / T with p_ip = exp(s_ip - lse_i) = exp(-loss_i)."""
+    return (torch.exp(-loss_rows) - 1.0)[:, None] * q.float() * (inv_t * weight)
+
+
+class _InfoNCE(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, queue, inv_t, query_ids, queue_ids):
+        n = q.shape[0]
+        loss_rows, lse, dq = rows_pass(q, k, queue, inv_t, None, query_ids, queue_ids)
+        dk = _positive_grad(loss_rows, q, inv_t, 1.0 / n) if k.requires_grad else None
+        dqueue = None
+        if queue.requires_grad:
+            weight = torch.full((n,), 1.0 / n, device=q.device, dtype=torch.float32)
+            dqueue = columns_pass(q, queue, lse, weight, inv_t, None, query_ids, queue_ids)
+        ctx.save_for_backward(dq / n, dk, dqueue)
+        ctx.dtypes = (q.dtype, k.dtype, queue.dtype)
+        return loss_rows.mean()
+
+    @staticmethod
+    def backward(ctx, grad):
+        dq, dk, dqueue = ctx.saved_tensors
+        scale = [None if g is None else (g * grad).to(t) for g, t in zip((dq, dk, dqueue), ctx.dtypes)]
+        return scale[0], scale[1], scale[2], None, None, None
+
+
+class _NTXent(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, z1, z2, inv_t):
+        n = z1.shape[0]
+        z = torch.cat([z1, z2]).contiguous()                                          # 2N, D
+        rows = torch.arange(2 * n, device=z.device)
+        partner = (rows + n) % (2 * n)
+        excl = _excluded(2 * n, rows, partner)
+        positives = z[partner].contiguous()
+        loss_rows, lse, dq = rows_pass(z, positives, z, inv_t, excl)
+        weight = torch.full((2 * n,), 1.0 / (2 * n), device=z.device, dtype=torch.float32)
+        dz = dq / (2 * n) + columns_pass(z, z, lse, weight, inv_t, excl)
+        dz += torch.roll(_positive_grad(loss_rows, z, inv_t, 1.0 / (2 * n)), n, 0)  # row i's positive is z[i+N]
+        ctx.save_for_backward(dz)
+        ctx.n, ctx.dtypes = n, (z1.dtype, z2.dtype)
+        return loss_rows.mean()
+
+    @staticmethod
+    def backward(ctx, grad):
+        (dz,) = ctx.saved_tensors
+        dz = dz * grad
+        return dz[: ctx.n].to(ctx.dtypes[0]), dz[ctx.n:].to(ctx.dtypes[1]), None
+
+
+class _Clip(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, a, b, inv_t):
+        n = a.shape[0]
+        excl = _excluded(n, torch.arange(n, device=a.device))
+        w = 0.5 / n
+        weight = torch.full((n,), w, device=a.device, dtype=torch.float32)
+        loss_ab, lse_ab, da = rows_pass(a, b, b, inv_t, excl)                       # a_i against all b
+        loss_ba, lse_ba, db = rows_pass(b, a, a, inv_t, excl)                       # b_j against all a
+        da = da * w + columns_pass(b, a, lse_ba, weight, inv_t, excl) + _positive_grad(loss_ba, b, inv_t, w)
+        db = db * w + columns_pass(a, b, lse_ab, weight, inv_t, excl) + _positive_grad(loss_ab, a, inv_t, w)
+        ctx.save_for_backward(da, db)
+        ctx.dtypes = (a.dtype, b.dtype)
+        return 0.5 * (loss_ab.mean() + loss_ba.mean())
+
+    @staticmethod
+    def backward(ctx, grad):
+        da, db = ctx.saved_tensors
+        return (da * grad).to(ctx.dtypes[0]), (db * grad).to(ctx.dtypes[1]), None
+
+
+def _prepare(t: torch.Tensor | None, normalize: bool = False) -> torch.Tensor | None:
+    if t is None:
+        return None
+    if normalize:
+        t = torch.nn.functional.normalize(t, dim=1)
+    return t.contiguous()
+
+
+def fused_infonce(q, k, queue, temperature, query_ids=None, queue_ids=None, normalize=False):
+    return _InfoNCE.apply(_prepare(q, normalize), _prepare(k, normalize), queue.contiguous(), 1.0 / temperature,
+                          None if query_ids is None else query_ids.to(torch.int64).contiguous(),
+                          None if queue_ids is None else queue_ids.to(torch.int64).contiguous())
+
+
+def fused_nt_xent(z1, z2, temperature, normalize=False):
+    return _NTXent.apply(_prepare(z1, normalize), _prepare(z2, normalize), 1.0 / temperature)
+
+
+def fused_clip(a, b, temperature, normalize=False):
+    return _Clip.apply(_prepare(a, normalize), _prepare(b, normalize), 1.0 / temperature)
+
+
+def fused_scd_loss(queries, keys, queues, temperature, normalize=False):
+    qt, qs, qi = queries
+    kt, ks, ki = keys
+    t_queue, s_queue, i_queue = queues
+    return (fused_infonce(qt, ki, i_queue, temperature, normalize=normalize)
+            + fused_infonce(qs, ki, i_queue, temperature, normalize=normalize)
+            + fused_infonce(qi, kt, t_queue, temperature, normalize=normalize)
+            + fused_infonce(qi, ks, s_queue, temperature, normalize=normalize))
