@@ -23,6 +23,8 @@ import torch
 import triton
 import triton.language as tl
 
+from scdfast.losses.reference import scd_terms
+
 _NEG_INF = float("-inf")
 
 
@@ -274,10 +276,5 @@ def fused_clip(a, b, temperature, normalize=False):
 
 
 def fused_scd_loss(queries, keys, queues, temperature, normalize=False):
-    qt, qs, qi = queries
-    kt, ks, ki = keys
-    t_queue, s_queue, i_queue = queues
-    return (fused_infonce(qt, ki, i_queue, temperature, normalize=normalize)
-            + fused_infonce(qs, ki, i_queue, temperature, normalize=normalize)
-            + fused_infonce(qi, kt, t_queue, temperature, normalize=normalize)
-            + fused_infonce(qi, ks, s_queue, temperature, normalize=normalize))
+    return sum(fused_infonce(q, k, queue, temperature, normalize=normalize)
+               for q, k, queue in scd_terms(queries, keys, queues))

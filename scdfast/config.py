@@ -81,8 +81,22 @@ class SCDConfig:
         return cls(**values)
 
 
+class _Presets:
+    """`paper()` is the dataclass defaults; `tiny()` applies the class's `_TINY` overrides."""
+
+    _TINY: dict = {}
+
+    @classmethod
+    def paper(cls, **overrides):
+        return cls(**overrides)
+
+    @classmethod
+    def tiny(cls, **overrides):
+        return cls(**{**cls._TINY, **overrides})
+
+
 @dataclass(kw_only=True)
-class PretrainConfig:
+class PretrainConfig(_Presets):
     """MoCo pretraining schedule and view generation."""
 
     epochs: int = 451
@@ -109,19 +123,11 @@ class PretrainConfig:
         if not 0.0 < lo <= hi <= 1.0:
             raise ScdError(f"crop_ratio={self.crop_ratio}: need 0 < low <= high <= 1")
 
-    @classmethod
-    def paper(cls, **overrides) -> "PretrainConfig":
-        return cls(**overrides)
-
-    @classmethod
-    def tiny(cls, **overrides) -> "PretrainConfig":
-        values = dict(epochs=16, batch_size=64, lr=0.1, lr_drop_epochs=(13,))
-        values.update(overrides)
-        return cls(**values)
+    _TINY = dict(epochs=16, batch_size=64, lr=0.1, lr_drop_epochs=(13,))
 
 
 @dataclass(kw_only=True)
-class LinearConfig:
+class LinearConfig(_Presets):
     """Linear evaluation: frozen encoder (eval mode), a trained Linear classifier."""
 
     epochs: int = 80
@@ -132,15 +138,7 @@ class LinearConfig:
     weight_decay: float = 0.0
     seed: int = 0
 
-    @classmethod
-    def paper(cls, **overrides) -> "LinearConfig":
-        return cls(**overrides)
-
-    @classmethod
-    def tiny(cls, **overrides) -> "LinearConfig":
-        values = dict(batch_size=256)
-        values.update(overrides)
-        return cls(**values)
+    _TINY = dict(batch_size=256)
 
 
 PRESETS = ("tiny", "paper")

@@ -46,6 +46,18 @@ def _check_matrix(name: str, t: torch.Tensor, width: int | None = None) -> None:
         raise ScdError(f"{name}: expected a floating-point tensor, got {t.dtype}")
 
 
+def _check_pair(name_a: str, a: torch.Tensor, name_b: str, b: torch.Tensor, temperature: float,
+                check_finite: bool) -> None:
+    """Two (N, D) sets of matched embeddings (NT-Xent views, CLIP pairs)."""
+    _check_matrix(name_a, a)
+    _check_matrix(name_b, b, a.shape[1])
+    if a.shape[0] != b.shape[0]:
+        raise ScdError(f"{name_b}: {b.shape[0]} rows, {name_a} has {a.shape[0]}")
+    _check_temperature(temperature)
+    if check_finite:
+        _check_finite(**{name_a: a, name_b: b})
+
+
 def _check_finite(**tensors: torch.Tensor) -> None:
     for name, t in tensors.items():
         if not bool(torch.isfinite(t).all()):
@@ -86,13 +98,7 @@ def infonce(q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor, temperature: 
 def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.5, backend: str = "auto",
             normalize: bool = False, check_finite: bool = True) -> torch.Tensor:
     """SimCLR's NT-Xent over the 2N views of (z1, z2), each (N, D)."""
-    _check_matrix("z1", z1)
-    _check_matrix("z2", z2, z1.shape[1])
-    if z1.shape[0] != z2.shape[0]:
-        raise ScdError(f"z2: {z2.shape[0]} rows, z1 has {z1.shape[0]}")
-    _check_temperature(temperature)
-    if check_finite:
-        _check_finite(z1=z1, z2=z2)
+    _check_pair("z1", z1, "z2", z2, temperature, check_finite)
     if _resolve_backend(backend, z1, z2) == "triton":
         from scdfast.kernels.infonce import fused_nt_xent
         return fused_nt_xent(z1, z2, temperature, normalize)
@@ -102,13 +108,7 @@ def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.5, backen
 def clip_loss(a: torch.Tensor, b: torch.Tensor, temperature: float = 0.07, backend: str = "auto",
               normalize: bool = False, check_finite: bool = True) -> torch.Tensor:
     """CLIP's symmetric cross-entropy over N matched pairs (a_i, b_i)."""
-    _check_matrix("a", a)
-    _check_matrix("b", b, a.shape[1])
-    if a.shape[0] != b.shape[0]:
-        raise ScdError(f"b: {b.shape[0]} rows, a has {a.shape[0]}")
-    _check_temperature(temperature)
-    if check_finite:
-        _check_finite(a=a, b=b)
+    _check_pair("a", a, "b", b, temperature, check_finite)
     if _resolve_backend(backend, a, b) == "triton":
         from scdfast.kernels.infonce import fused_clip
         return fused_clip(a, b, temperature, normalize)

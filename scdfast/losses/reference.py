@@ -47,14 +47,17 @@ def clip_ref(a: torch.Tensor, b: torch.Tensor, temperature: float, normalize: bo
     return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target))
 
 
-def scd_loss_ref(queries, keys, queues, temperature: float, normalize: bool = False) -> torch.Tensor:
-    """SCD-Net's interactive loss: the sum of four InfoNCE terms (each a batch mean)
+def scd_terms(queries, keys, queues):
+    """SCD-Net's interactive pairing as (query, positive, negatives) triples:
     (qt, ki | instance queue), (qs, ki | instance queue), (qi, kt | temporal queue),
     (qi, ks | spatial queue)."""
     qt, qs, qi = queries
     kt, ks, ki = keys
     t_queue, s_queue, i_queue = queues
-    return (infonce_ref(qt, ki, i_queue, temperature, normalize=normalize)
-            + infonce_ref(qs, ki, i_queue, temperature, normalize=normalize)
-            + infonce_ref(qi, kt, t_queue, temperature, normalize=normalize)
-            + infonce_ref(qi, ks, s_queue, temperature, normalize=normalize))
+    return ((qt, ki, i_queue), (qs, ki, i_queue), (qi, kt, t_queue), (qi, ks, s_queue))
+
+
+def scd_loss_ref(queries, keys, queues, temperature: float, normalize: bool = False) -> torch.Tensor:
+    """SCD-Net's loss: the sum of its four InfoNCE terms, each a batch mean."""
+    return sum(infonce_ref(q, k, queue, temperature, normalize=normalize)
+               for q, k, queue in scd_terms(queries, keys, queues))

@@ -117,7 +117,7 @@ def pretrain(model_config: SCDConfig, config: PretrainConfig, train: SkeletonSet
                                        f"the last good checkpoint is {checkpoint}")
                     bar.set_postfix(loss=f"{loss_value:.3f}", lr=f"{lr_at(config, epoch):.3g}", epoch=epoch)
             elapsed = time.perf_counter() - epoch_start
-            metrics.write(epoch=epoch, step=step, loss=f"{loss_value:.6f}", lr=lr_at(config, epoch),
+            metrics.write(epoch=epoch, step=step, loss=f"{loss_value:.6f}", lr=f"{lr_at(config, epoch):.6g}",
                           samples_per_s=f"{steps_per_epoch * config.batch_size / elapsed:.1f}",
                           data_s=f"{data_s:.3f}", compute_s=f"{compute_s:.3f}")
             if (epoch + 1) % config.checkpoint_every == 0 or epoch + 1 == config.epochs:
