@@ -95,3 +95,15 @@ def test_scd_loss_fused_equals_reference():
     compare(lambda *q: scd_loss(q, keys, queues, 0.2, backend="triton"),
             lambda *q: scd_loss(q, [t.double() for t in keys], [t.double() for t in queues], 0.2, backend="torch"),
             queries, torch.float32)
+
+
+def test_infonce_bf16_queue_with_fp32_queries():
+    # a bf16 queue halves the traffic; its values are exact in fp32, so fp32 accuracy holds
+    q, pos, queue = unit(7, 128), unit(7, 128), unit(300, 128, torch.bfloat16)
+    loss = infonce(q.requires_grad_(), pos, queue, 0.2, backend="triton")
+    ref_q = q.detach().double().requires_grad_()
+    want = infonce_ref(ref_q, pos.double(), queue.double(), 0.2)
+    assert rel_err(loss.detach(), want.detach()) < TOL[torch.float32]
+    loss.backward()
+    want.backward()
+    assert rel_err(q.grad, ref_q.grad) < TOL[torch.float32]
