@@ -174,7 +174,7 @@ def columns_pass(q, c, lse, weight, inv_t, excl=None, query_ids=None, queue_ids=
     return dc
 
 
-# ---- autograd: forward computes every gradient; backward only scales by grad_output ----
+# ---- custom ops: the forward computes every gradient; the backward only scales them ----
 
 def _excluded(n_rows: int, first: torch.Tensor, second: torch.Tensor | None = None) -> torch.Tensor:
     """(2, n_rows) int32 excluded column indices, -1 where none."""
@@ -187,70 +187,100 @@ def _positive_grad(loss_rows: torch.Tensor, q: torch.Tensor, inv_t: float, weigh
     return (torch.exp(-loss_rows) - 1.0)[:, None] * q.float() * (inv_t * weight)
 
 
-class _InfoNCE(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, q, k, queue, inv_t, query_ids, queue_ids):
-        n = q.shape[0]
-        loss_rows, lse, dq = rows_pass(q, k, queue, inv_t, None, query_ids, queue_ids)
-        dk = _positive_grad(loss_rows, q, inv_t, 1.0 / n) if k.requires_grad else None
-        dqueue = None
-        if queue.requires_grad:
-            weight = torch.full((n,), 1.0 / n, device=q.device, dtype=torch.float32)
-            dqueue = columns_pass(q, queue, lse, weight, inv_t, None, query_ids, queue_ids)
-        ctx.save_for_backward(dq / n, dk, dqueue)
-        ctx.dtypes = (q.dtype, k.dtype, queue.dtype)
-        return loss_rows.mean()
-
-    @staticmethod
-    def backward(ctx, grad):
-        dq, dk, dqueue = ctx.saved_tensors
-        scale = [None if g is None else (g * grad).to(t) for g, t in zip((dq, dk, dqueue), ctx.dtypes)]
-        return scale[0], scale[1], scale[2], None, None, None
+# MoCo InfoNCE is a torch.library custom op, so torch.compile(fullgraph=True) traces a model
+# that calls it: the op is opaque to the compiler, its fake version gives the output shapes.
+@torch.library.custom_op("scdfast::infonce", mutates_args=())
+def _infonce_op(q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor, inv_t: float,
+                query_ids: torch.Tensor | None, queue_ids: torch.Tensor | None,
+                k_grad: bool, queue_grad: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(mean loss, dL/dq, dL/dk, dL/dqueue) in fp32; the last two are empty unless asked for."""
+    n = q.shape[0]
+    loss_rows, lse, dq = rows_pass(q, k, queue, inv_t, None, query_ids, queue_ids)
+    dk = _positive_grad(loss_rows, q, inv_t, 1.0 / n) if k_grad else q.new_empty(0, dtype=torch.float32)
+    dqueue = q.new_empty(0, dtype=torch.float32)  # a distinct tensor: outputs may not alias
+    if queue_grad:
+        weight = torch.full((n,), 1.0 / n, device=q.device, dtype=torch.float32)
+        dqueue = columns_pass(q, queue, lse, weight, inv_t, None, query_ids, queue_ids)
+    return loss_rows.mean(), dq / n, dk, dqueue
 
 
-class _NTXent(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, z1, z2, inv_t):
-        n = z1.shape[0]
-        z = torch.cat([z1, z2]).contiguous()                                          # 2N, D
-        rows = torch.arange(2 * n, device=z.device)
-        partner = (rows + n) % (2 * n)
-        excl = _excluded(2 * n, rows, partner)
-        positives = z[partner].contiguous()
-        loss_rows, lse, dq = rows_pass(z, positives, z, inv_t, excl)
-        weight = torch.full((2 * n,), 1.0 / (2 * n), device=z.device, dtype=torch.float32)
-        dz = dq / (2 * n) + columns_pass(z, z, lse, weight, inv_t, excl)
-        dz += torch.roll(_positive_grad(loss_rows, z, inv_t, 1.0 / (2 * n)), n, 0)  # row i's positive is z[i+N]
-        ctx.save_for_backward(dz)
-        ctx.n, ctx.dtypes = n, (z1.dtype, z2.dtype)
-        return loss_rows.mean()
-
-    @staticmethod
-    def backward(ctx, grad):
-        (dz,) = ctx.saved_tensors
-        dz = dz * grad
-        return dz[: ctx.n].to(ctx.dtypes[0]), dz[ctx.n:].to(ctx.dtypes[1]), None
+@_infonce_op.register_fake
+def _(q, k, queue, inv_t, query_ids, queue_ids, k_grad, queue_grad):
+    f32 = torch.float32
+    return (q.new_empty((), dtype=f32), q.new_empty(q.shape, dtype=f32),
+            q.new_empty(k.shape if k_grad else (0,), dtype=f32),
+            q.new_empty(queue.shape if queue_grad else (0,), dtype=f32))
 
 
-class _Clip(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, a, b, inv_t):
-        n = a.shape[0]
-        excl = _excluded(n, torch.arange(n, device=a.device))
-        w = 0.5 / n
-        weight = torch.full((n,), w, device=a.device, dtype=torch.float32)
-        loss_ab, lse_ab, da = rows_pass(a, b, b, inv_t, excl)                       # a_i against all b
-        loss_ba, lse_ba, db = rows_pass(b, a, a, inv_t, excl)                       # b_j against all a
-        da = da * w + columns_pass(b, a, lse_ba, weight, inv_t, excl) + _positive_grad(loss_ba, b, inv_t, w)
-        db = db * w + columns_pass(a, b, lse_ab, weight, inv_t, excl) + _positive_grad(loss_ab, a, inv_t, w)
-        ctx.save_for_backward(da, db)
-        ctx.dtypes = (a.dtype, b.dtype)
-        return 0.5 * (loss_ab.mean() + loss_ba.mean())
+def _infonce_setup(ctx, inputs, output):
+    q, k, queue = inputs[:3]
+    ctx.save_for_backward(*output[1:])
+    ctx.dtypes = (q.dtype, k.dtype, queue.dtype)
+    ctx.wanted = (True, inputs[6], inputs[7])
 
-    @staticmethod
-    def backward(ctx, grad):
-        da, db = ctx.saved_tensors
-        return (da * grad).to(ctx.dtypes[0]), (db * grad).to(ctx.dtypes[1]), None
+
+def _infonce_backward(ctx, grad, *_unused):
+    grads = [(g * grad).to(t) if wanted else None
+             for g, t, wanted in zip(ctx.saved_tensors, ctx.dtypes, ctx.wanted)]
+    return grads[0], grads[1], grads[2], None, None, None, None, None
+
+
+_infonce_op.register_autograd(_infonce_backward, setup_context=_infonce_setup)
+
+
+@torch.library.custom_op("scdfast::nt_xent", mutates_args=())
+def _nt_xent_op(z1: torch.Tensor, z2: torch.Tensor, inv_t: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(mean loss, dL/dz1, dL/dz2) in fp32 over the 2N views."""
+    n = z1.shape[0]
+    z = torch.cat([z1, z2]).contiguous()                                              # 2N, D
+    rows = torch.arange(2 * n, device=z.device)
+    partner = (rows + n) % (2 * n)
+    excl = _excluded(2 * n, rows, partner)
+    loss_rows, lse, dq = rows_pass(z, z[partner].contiguous(), z, inv_t, excl)
+    weight = torch.full((2 * n,), 1.0 / (2 * n), device=z.device, dtype=torch.float32)
+    dz = dq / (2 * n) + columns_pass(z, z, lse, weight, inv_t, excl)
+    dz += torch.roll(_positive_grad(loss_rows, z, inv_t, 1.0 / (2 * n)), n, 0)      # row i's positive is z[i+N]
+    return loss_rows.mean(), dz[:n].clone(), dz[n:].clone()
+
+
+@_nt_xent_op.register_fake
+def _(z1, z2, inv_t):
+    f32 = torch.float32
+    return z1.new_empty((), dtype=f32), z1.new_empty(z1.shape, dtype=f32), z2.new_empty(z2.shape, dtype=f32)
+
+
+@torch.library.custom_op("scdfast::clip", mutates_args=())
+def _clip_op(a: torch.Tensor, b: torch.Tensor, inv_t: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(mean of both directions' losses, dL/da, dL/db) in fp32."""
+    n = a.shape[0]
+    excl = _excluded(n, torch.arange(n, device=a.device))
+    w = 0.5 / n
+    weight = torch.full((n,), w, device=a.device, dtype=torch.float32)
+    loss_ab, lse_ab, da = rows_pass(a, b, b, inv_t, excl)                           # a_i against all b
+    loss_ba, lse_ba, db = rows_pass(b, a, a, inv_t, excl)                           # b_j against all a
+    da = da * w + columns_pass(b, a, lse_ba, weight, inv_t, excl) + _positive_grad(loss_ba, b, inv_t, w)
+    db = db * w + columns_pass(a, b, lse_ab, weight, inv_t, excl) + _positive_grad(loss_ab, a, inv_t, w)
+    return 0.5 * (loss_ab.mean() + loss_ba.mean()), da, db
+
+
+@_clip_op.register_fake
+def _(a, b, inv_t):
+    f32 = torch.float32
+    return a.new_empty((), dtype=f32), a.new_empty(a.shape, dtype=f32), b.new_empty(b.shape, dtype=f32)
+
+
+def _pair_setup(ctx, inputs, output):
+    ctx.save_for_backward(*output[1:])
+    ctx.dtypes = (inputs[0].dtype, inputs[1].dtype)
+
+
+def _pair_backward(ctx, grad, *_unused):
+    da, db = ctx.saved_tensors
+    return (da * grad).to(ctx.dtypes[0]), (db * grad).to(ctx.dtypes[1]), None
+
+
+_nt_xent_op.register_autograd(_pair_backward, setup_context=_pair_setup)
+_clip_op.register_autograd(_pair_backward, setup_context=_pair_setup)
 
 
 def _prepare(t: torch.Tensor | None, normalize: bool = False) -> torch.Tensor | None:
@@ -262,17 +292,18 @@ def _prepare(t: torch.Tensor | None, normalize: bool = False) -> torch.Tensor | 
 
 
 def fused_infonce(q, k, queue, temperature, query_ids=None, queue_ids=None, normalize=False):
-    return _InfoNCE.apply(_prepare(q, normalize), _prepare(k, normalize), queue.contiguous(), 1.0 / temperature,
-                          None if query_ids is None else query_ids.to(torch.int64).contiguous(),
-                          None if queue_ids is None else queue_ids.to(torch.int64).contiguous())
+    return _infonce_op(_prepare(q, normalize), _prepare(k, normalize), queue.contiguous(), 1.0 / temperature,
+                       None if query_ids is None else query_ids.to(torch.int64).contiguous(),
+                       None if queue_ids is None else queue_ids.to(torch.int64).contiguous(),
+                       k.requires_grad, queue.requires_grad)[0]
 
 
 def fused_nt_xent(z1, z2, temperature, normalize=False):
-    return _NTXent.apply(_prepare(z1, normalize), _prepare(z2, normalize), 1.0 / temperature)
+    return _nt_xent_op(_prepare(z1, normalize), _prepare(z2, normalize), 1.0 / temperature)[0]
 
 
 def fused_clip(a, b, temperature, normalize=False):
-    return _Clip.apply(_prepare(a, normalize), _prepare(b, normalize), 1.0 / temperature)
+    return _clip_op(_prepare(a, normalize), _prepare(b, normalize), 1.0 / temperature)[0]
 
 
 def fused_scd_loss(queries, keys, queues, temperature, normalize=False):

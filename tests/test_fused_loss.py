@@ -107,3 +107,24 @@ def test_infonce_bf16_queue_with_fp32_queries():
     loss.backward()
     want.backward()
     assert rel_err(q.grad, ref_q.grad) < TOL[torch.float32]
+
+
+def test_infonce_traces_under_torch_compile_fullgraph():
+    """The fused MoCo loss is a custom op: a compiled function that calls it has no graph
+    break, and its loss and gradient equal the eager reference."""
+    projection = torch.nn.Linear(16, 16, dtype=torch.float64)
+    x, k, queue = torch.randn(7, 16, dtype=torch.float64), unit(7, 16).float(), unit(100, 16).float()
+
+    def step(x):
+        q = F.normalize(projection(x), dim=1).float()
+        return infonce(q, k, queue, 0.2, backend="triton", check_finite=False)
+
+    compiled = torch.compile(step, fullgraph=True)
+    loss = compiled(x)
+    loss.backward()
+    got = projection.weight.grad.clone()
+    projection.weight.grad = None
+    want = infonce_ref(F.normalize(projection(x), dim=1), k.double(), queue.double(), 0.2)
+    want.backward()
+    assert rel_err(loss.detach(), want.detach()) < TOL[torch.float32]
+    assert rel_err(got, projection.weight.grad) < TOL[torch.float32]
