@@ -41,6 +41,21 @@ def _column_mask(cols, K, excl_a, excl_b, row_ids, ids_ptr, HAS_EXCL: tl.constex
 
 
 @triton.jit
+def _row_masks(excl_ptr, qid_ptr, rows, row_ok, N, BLOCK_N: tl.constexpr,
+               HAS_EXCL: tl.constexpr, HAS_IDS: tl.constexpr):
+    """Per-row mask inputs: two excluded column indices (-1: none) and the row's id."""
+    excl_a = tl.full([BLOCK_N], -1, tl.int32)
+    excl_b = tl.full([BLOCK_N], -1, tl.int32)
+    if HAS_EXCL:
+        excl_a = tl.load(excl_ptr + rows, mask=row_ok, other=-1)
+        excl_b = tl.load(excl_ptr + N + rows, mask=row_ok, other=-1)
+    row_ids = tl.zeros([BLOCK_N], dtype=tl.int64)
+    if HAS_IDS:
+        row_ids = tl.load(qid_ptr + rows, mask=row_ok, other=-2)
+    return excl_a, excl_b, row_ids
+
+
+@triton.jit
 def _rows_kernel(
     q_ptr, k_ptr, c_ptr,            # queries (N, D), positives (N, D), negatives (K, D); row-major
     excl_ptr,                       # (2, N) int32 excluded columns per row, -1 for none (HAS_EXCL)
@@ -59,14 +74,7 @@ def _rows_kernel(
     q = tl.load(q_ptr + offs, mask=tile_mask, other=0.0).to(tl.float32)          # BLOCK_N, BLOCK_D
     k = tl.load(k_ptr + offs, mask=tile_mask, other=0.0).to(tl.float32)
     s_pos = tl.sum(q * k, axis=1) * inv_t                                       # BLOCK_N
-    excl_a = tl.full([BLOCK_N], -1, tl.int32)
-    excl_b = tl.full([BLOCK_N], -1, tl.int32)
-    if HAS_EXCL:
-        excl_a = tl.load(excl_ptr + rows, mask=row_ok, other=-1)
-        excl_b = tl.load(excl_ptr + N + rows, mask=row_ok, other=-1)
-    row_ids = tl.zeros([BLOCK_N], dtype=tl.int64)
-    if HAS_IDS:
-        row_ids = tl.load(qid_ptr + rows, mask=row_ok, other=-2)
+    excl_a, excl_b, row_ids = _row_masks(excl_ptr, qid_ptr, rows, row_ok, N, BLOCK_N, HAS_EXCL, HAS_IDS)
     # the positive opens the online softmax: m = s_pos, l = 1, acc = k
     m = s_pos
     l = tl.full([BLOCK_N], 1.0, tl.float32)
@@ -117,14 +125,7 @@ def _columns_kernel(
         q = tl.load(q_ptr + offs, mask=row_ok[:, None] & (dims < D)[None, :], other=0.0).to(tl.float32)
         lse = tl.load(lse_ptr + rows, mask=row_ok, other=0.0)
         w = tl.load(w_ptr + rows, mask=row_ok, other=0.0)
-        excl_a = tl.full([BLOCK_N], -1, tl.int32)
-        excl_b = tl.full([BLOCK_N], -1, tl.int32)
-        if HAS_EXCL:
-            excl_a = tl.load(excl_ptr + rows, mask=row_ok, other=-1)
-            excl_b = tl.load(excl_ptr + N + rows, mask=row_ok, other=-1)
-        row_ids = tl.zeros([BLOCK_N], dtype=tl.int64)
-        if HAS_IDS:
-            row_ids = tl.load(qid_ptr + rows, mask=row_ok, other=-2)
+        excl_a, excl_b, row_ids = _row_masks(excl_ptr, qid_ptr, rows, row_ok, N, BLOCK_N, HAS_EXCL, HAS_IDS)
         s = tl.dot(q, tl.trans(c), input_precision="ieee") * inv_t                 # BLOCK_N, BLOCK_K
         valid = _column_mask(cols, K, excl_a, excl_b, row_ids, cid_ptr, HAS_EXCL, HAS_IDS) & row_ok[:, None]
         p = tl.where(valid, tl.exp(s - lse[:, None]), 0.0) * w[:, None]
