@@ -23,9 +23,11 @@ import torch
 import triton
 import triton.language as tl
 
+from scdfast.errors import ScdError
 from scdfast.losses.reference import scd_terms
 
 _NEG_INF = float("-inf")
+MAX_WIDTH = 512  # widest embedding whose tiles stay in registers; wider ones use the reference
 
 
 @triton.jit
@@ -134,9 +136,9 @@ def _columns_kernel(
 
 
 def _blocks(d: int) -> tuple[int, int, int]:
+    if d > MAX_WIDTH:
+        raise ScdError(f"embedding width {d}: the fused kernels take D <= {MAX_WIDTH}; use backend='torch'")
     block_d = max(16, triton.next_power_of_2(d))
-    if block_d > 512:
-        raise ValueError(f"embedding width {d}: the fused kernels take D <= 512")
     # keep a BLOCK_N x BLOCK_D query tile and a BLOCK_K x BLOCK_D negative tile in registers
     block_n = 32 if block_d <= 128 else 16
     block_k = 64 if block_d <= 128 else 32
@@ -284,9 +286,7 @@ _nt_xent_op.register_autograd(_pair_backward, setup_context=_pair_setup)
 _clip_op.register_autograd(_pair_backward, setup_context=_pair_setup)
 
 
-def _prepare(t: torch.Tensor | None, normalize: bool = False) -> torch.Tensor | None:
-    if t is None:
-        return None
+def _prepare(t: torch.Tensor, normalize: bool = False) -> torch.Tensor:
     if normalize:
         t = torch.nn.functional.normalize(t, dim=1)
     return t.contiguous()

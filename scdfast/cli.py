@@ -11,7 +11,7 @@ import sys
 
 import torch
 
-from scdfast.config import LinearConfig, PretrainConfig, SCDConfig, preset, to_dict
+from scdfast.config import LinearConfig, PretrainConfig, SCDConfig, preset
 from scdfast.errors import ScdError
 
 EXIT_USER_ERROR = 2
@@ -88,10 +88,8 @@ def _run_pretrain(args: argparse.Namespace) -> None:
     from scdfast.train.rundir import prepare_run_dir
 
     model_config = preset(args.preset, SCDConfig)
-    config = preset(args.preset, PretrainConfig)
-    config = type(config)(**{**to_dict(config), **_overrides(args, ("epochs", "batch_size", "lr", "seed")),
-                             "representation": args.representation,
-                             "lr_drop_epochs": tuple(config.lr_drop_epochs)})
+    config = preset(args.preset, PretrainConfig, representation=args.representation,
+                    **_overrides(args, ("epochs", "batch_size", "lr", "seed")))
     device = resolve_device(args.device)
     train, _ = load_dataset(args.data, seed=args.seed)
     run_dir = prepare_run_dir(args.run_dir, "pretrain")
@@ -129,6 +127,8 @@ def _run_eval(args: argparse.Namespace) -> None:
     train, test = load_dataset(args.data, seed=args.seed)
     classes = count_classes(train, test)
     run_dir = prepare_run_dir(args.run_dir, args.command)
+    if args.command == "linear":
+        linear = preset(args.preset, LinearConfig, **_overrides(args, ("epochs", "lr", "batch_size", "seed")))
     results = {}
     for label, encoder, config in _encoders(args, classes):
         progress = not args.no_progress
@@ -136,9 +136,6 @@ def _run_eval(args: argparse.Namespace) -> None:
         test_x = extract_features(encoder, test, config.window, device, progress=progress, desc=f"{label}: test features")
         train_y, test_y = torch.from_numpy(train.labels), torch.from_numpy(test.labels)
         if args.command == "linear":
-            linear = preset(args.preset, LinearConfig)
-            linear = type(linear)(**{**to_dict(linear), **_overrides(args, ("epochs", "lr", "batch_size", "seed")),
-                                     "lr_drop_epochs": tuple(linear.lr_drop_epochs)})
             r = linear_probe(train_x, train_y, test_x, test_y, classes, linear, device, progress=progress)
             results[label] = {"top1": r.top1, "top5": r.top5, "best_top1": r.best_top1}
             print(f"linear evaluation, {label}: top-1 {r.top1:.2f}%  top-5 {r.top5:.2f}%  "

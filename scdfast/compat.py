@@ -19,14 +19,20 @@ from scdfast.models import DownstreamEncoder, SCDNet
 _QUEUE_KEYS = {"t": "temporal", "s": "spatial", "i": "instance"}
 
 
-def _read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+def read_checkpoint(path: str | os.PathLike):
+    """The object stored in a checkpoint file, tensors on the CPU, no code executed."""
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise ScdError(f"checkpoint {path}: no such file")
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # a truncated or foreign file; the message says which
         raise ScdError(f"checkpoint {path}: cannot be read as a PyTorch checkpoint ({exc.__class__.__name__})") from None
+
+
+def _read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    path = os.fspath(path)
+    payload = read_checkpoint(path)
     state = payload.get("state_dict", payload) if isinstance(payload, dict) else None
     if not isinstance(state, dict):
         raise ScdError(f"checkpoint {path}: expected a dict with a 'state_dict' entry")

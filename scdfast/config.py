@@ -141,14 +141,19 @@ class LinearConfig(_Presets):
     _TINY = dict(batch_size=256)
 
 
+def step_lr(base_lr: float, drop_epochs: tuple[int, ...], epoch: int) -> float:
+    """The step schedule both protocols use: x0.1 at each epoch in drop_epochs."""
+    return base_lr * 0.1 ** sum(epoch >= e for e in drop_epochs)
+
+
 PRESETS = ("tiny", "paper")
 
 
-def preset(name: str, kind: type):
-    """`preset("tiny", SCDConfig)` -> SCDConfig.tiny()."""
+def preset(name: str, kind: type, **overrides):
+    """`preset("tiny", SCDConfig, window=64)` -> SCDConfig.tiny(window=64)."""
     if name not in PRESETS:
         raise ScdError(f"--preset {name!r}: choose one of {', '.join(PRESETS)}")
-    return getattr(kind, name)()
+    return getattr(kind, name)(**overrides)
 
 
 def to_dict(config) -> dict:

@@ -19,8 +19,7 @@ SHARED_DATA = pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "d
 
 @pytest.fixture
 def rng() -> np.random.Generator:
-    """Fresh random inputs per test, reproducible through the test's name-independent seed
-    printed on failure (pytest shows locals)."""
+    """Fresh random inputs per test; the seed is printed, and pytest shows it on failure."""
     seed = int.from_bytes(os.urandom(4), "little")
     print(f"numpy seed {seed}")
     return np.random.default_rng(seed)

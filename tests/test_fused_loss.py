@@ -7,6 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from scdfast.errors import ScdError
 from scdfast.losses import clip_loss, infonce, nt_xent, scd_loss
 from scdfast.losses.reference import clip_ref, infonce_ref, nt_xent_ref
 
@@ -128,3 +129,9 @@ def test_infonce_traces_under_torch_compile_fullgraph():
     want.backward()
     assert rel_err(loss.detach(), want.detach()) < TOL[torch.float32]
     assert rel_err(got, projection.weight.grad) < TOL[torch.float32]
+
+
+def test_too_wide_for_the_kernels_is_named():
+    q = unit(2, 600)
+    with pytest.raises(ScdError, match="embedding width 600"):
+        infonce(q, q, q, 0.2, backend="triton")

@@ -62,7 +62,7 @@ def _angles(label: int, phase: np.ndarray, amp: float, rng: np.random.Generator)
     """Joint-angle trajectories (radians) for one sample of class `label`."""
     t = phase
     zero = np.zeros_like(t)
-    s, c = np.sin(t), np.cos(t)
+    s = np.sin(t)
     rad = np.radians
     a = dict(
         # per arm: elevation from hanging (0) to overhead (pi), azimuth (0 lateral, pi/2 forward), elbow flexion

@@ -16,19 +16,22 @@ BACKENDS = ("auto", "torch", "triton")
 def _resolve_backend(backend: str, *tensors: torch.Tensor) -> str:
     if backend not in BACKENDS:
         raise ScdError(f"backend={backend!r}: choose one of {', '.join(BACKENDS)}")
+    max_width = _triton_max_width()
     if backend == "auto":
-        return "triton" if _triton_usable() and all(t.is_cuda for t in tensors) else "torch"
-    if backend == "triton" and not _triton_usable():
+        fits = max_width is not None and tensors[0].shape[1] <= max_width
+        return "triton" if fits and all(t.is_cuda for t in tensors) else "torch"
+    if backend == "triton" and max_width is None:
         raise ScdError("backend='triton': the Triton kernels are not installed (scdfast.kernels)")
     return backend
 
 
-def _triton_usable() -> bool:
+def _triton_max_width() -> int | None:
+    """The kernels' widest embedding, or None where Triton cannot be imported."""
     try:
-        import scdfast.kernels.infonce  # noqa: F401
+        from scdfast.kernels.infonce import MAX_WIDTH
     except ImportError:
-        return False
-    return True
+        return None
+    return MAX_WIDTH
 
 
 def _check_temperature(temperature: float) -> None:

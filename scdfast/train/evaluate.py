@@ -15,8 +15,8 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from scdfast.augment import eval_views
-from scdfast.compat import load_official_downstream
-from scdfast.config import LinearConfig, SCDConfig, from_dict
+from scdfast.compat import load_official_downstream, read_checkpoint
+from scdfast.config import LinearConfig, SCDConfig, from_dict, step_lr
 from scdfast.data import SkeletonSet
 from scdfast.errors import ScdError
 from scdfast.models import DownstreamEncoder
@@ -35,10 +35,7 @@ def resolve_checkpoint(path: str) -> str:
 def load_encoder(path: str, num_classes: int) -> tuple[DownstreamEncoder, SCDConfig]:
     """A DownstreamEncoder from an scdfast pretraining checkpoint or an official one."""
     path = resolve_checkpoint(path)
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise ScdError(f"checkpoint {path}: cannot be read as a PyTorch checkpoint ({exc.__class__.__name__})") from None
+    payload = read_checkpoint(path)
     if isinstance(payload, dict) and payload.get("format") == CHECKPOINT_FORMAT:
         config = from_dict(SCDConfig, payload["model_config"])
         model = DownstreamEncoder(config, num_classes)
@@ -90,7 +87,7 @@ def linear_probe(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Ten
     test_x, test_y = test_x.to(device), test_y.to(device)
     best = 0.0
     for epoch in tqdm(range(config.epochs), desc="linear", unit="epoch", disable=not progress):
-        lr = config.lr * 0.1 ** sum(epoch >= e for e in config.lr_drop_epochs)
+        lr = step_lr(config.lr, config.lr_drop_epochs, epoch)
         for group in optimizer.param_groups:
             group["lr"] = lr
         order = torch.randperm(train_x.shape[0], generator=generator).to(device)

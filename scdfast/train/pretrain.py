@@ -16,7 +16,7 @@ import torch
 from tqdm.auto import tqdm
 
 from scdfast.augment import draw_views, make_views
-from scdfast.config import PretrainConfig, SCDConfig, to_dict
+from scdfast.config import PretrainConfig, SCDConfig, step_lr, to_dict
 from scdfast.data import SkeletonSet
 from scdfast.errors import ScdError
 from scdfast.losses import scd_loss
@@ -36,7 +36,7 @@ class PretrainResult:
 
 
 def lr_at(config: PretrainConfig, epoch: int) -> float:
-    return config.lr * 0.1 ** sum(epoch >= e for e in config.lr_drop_epochs)
+    return step_lr(config.lr, config.lr_drop_epochs, epoch)
 
 
 def _check_sizes(model_config: SCDConfig, config: PretrainConfig, train: SkeletonSet) -> int:
