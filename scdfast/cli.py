@@ -58,6 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, help="override the preset's learning rate (paper: 0.01)")
     p.add_argument("--representation", choices=("joint", "motion", "bone"), default="joint",
                    help="input stream (default joint)")
+    p.add_argument("--augment", choices=("batched", "reference"), default="batched",
+                   help="view generation: 'batched' Numba kernels on the training device (default) or the "
+                        "per-sample NumPy 'reference'")
 
     p = commands.add_parser("linear", help="linear evaluation of a frozen encoder",
                             description="Train a linear classifier on the frozen encoder's features "
@@ -88,7 +91,7 @@ def _run_pretrain(args: argparse.Namespace) -> None:
     from scdfast.train.rundir import prepare_run_dir
 
     model_config = preset(args.preset, SCDConfig)
-    config = preset(args.preset, PretrainConfig, representation=args.representation,
+    config = preset(args.preset, PretrainConfig, representation=args.representation, augment=args.augment,
                     **_overrides(args, ("epochs", "batch_size", "lr", "seed")))
     device = resolve_device(args.device)
     train, _ = load_dataset(args.data, seed=args.seed)

@@ -110,6 +110,9 @@ class PretrainConfig(_Presets):
     """Range of the temporal crop ratio r."""
     representation: str = "joint"
     """Input stream: joint, motion or bone."""
+    augment: str = "batched"
+    """View generation: "batched" (the Numba kernels, on the GPU when training there) or
+    "reference" (the per-sample NumPy reference, for comparison)."""
     seed: int = 0
     checkpoint_every: int = 1
     """Epochs between checkpoints."""
@@ -117,6 +120,8 @@ class PretrainConfig(_Presets):
     def __post_init__(self) -> None:
         if self.representation not in ("joint", "motion", "bone"):
             raise ScdError(f"representation={self.representation!r}: use joint, motion or bone")
+        if self.augment not in ("batched", "reference"):
+            raise ScdError(f"augment={self.augment!r}: use batched or reference")
         if self.batch_size < 1 or self.epochs < 1:
             raise ScdError("PretrainConfig: batch_size and epochs must be >= 1")
         lo, hi = self.crop_ratio

@@ -1,8 +1,9 @@
 """MoCo pretraining of SCD-Net.
 
-One step: two views per sample (query, key), momentum update, keys from the key encoder,
-queries from the query encoder, the four-term loss, SGD, enqueue. Nothing in the step reads
-a value back to the host; the loss is summed on the device and read every `log_every` steps.
+One step: two views per sample (query, key) from the batched augmentation kernels, momentum
+update, keys from the key encoder, queries from the query encoder, the four-term loss, SGD,
+enqueue. Nothing in the step reads a value back to the host; the loss is summed on the
+device and read every `log_every` steps.
 """
 from __future__ import annotations
 
@@ -16,8 +17,10 @@ import torch
 from tqdm.auto import tqdm
 
 from scdfast.augment import draw_views, make_views
+from scdfast.augment.batched import BatchAugmenter
 from scdfast.config import PretrainConfig, SCDConfig, step_lr, to_dict
 from scdfast.data import SkeletonSet
+from scdfast.data.resident import ResidentData
 from scdfast.errors import ScdError
 from scdfast.losses import scd_loss
 from scdfast.models import SCDNet
@@ -47,17 +50,47 @@ def _check_sizes(model_config: SCDConfig, config: PretrainConfig, train: Skeleto
     return len(train) // config.batch_size  # drop_last, as the authors do
 
 
-def make_batch_views(train: SkeletonSet, index: np.ndarray, rng: np.random.Generator,
-                     model_config: SCDConfig, config: PretrainConfig) -> tuple[np.ndarray, np.ndarray]:
-    """Query and key views, (B, C, window, V, M) each, drawn independently per sample."""
-    order = np.sort(index)  # sorted reads are kinder to a memory-mapped array
-    x = np.asarray(train.data[order])
-    nf = train.num_frames[order]
-    both = np.concatenate([x, x])
+def reference_views(train: SkeletonSet, index: np.ndarray, rng: np.random.Generator,
+                    model_config: SCDConfig, config: PretrainConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Query and key views from the per-sample NumPy reference (`--augment reference`)."""
+    x = np.asarray(train.data[index])
+    nf = train.num_frames[index]
     draws = draw_views(rng, np.concatenate([nf, nf]), model_config.window, config.crop_ratio,
                        model_config.num_joints)
-    views = make_views(both, draws, model_config.window, config.representation)
-    return views[: len(order)], views[len(order):]
+    views = make_views(np.concatenate([x, x]), draws, model_config.window, config.representation)
+    return views[: len(index)], views[len(index):]
+
+
+class ViewSource:
+    """Query and key views of a batch of sample indices, on `device`: the batched kernels by
+    default, the NumPy reference when config.augment == "reference"."""
+
+    def __init__(self, train: SkeletonSet, model_config: SCDConfig, config: PretrainConfig, device: torch.device):
+        self.train, self.model_config, self.config, self.device = train, model_config, config, device
+        if config.augment == "batched":
+            self.resident = ResidentData(train, device)
+            self.augmenter = BatchAugmenter(model_config.window, config.crop_ratio, config.representation,
+                                            seed=config.seed)
+        else:
+            self.rng = np.random.default_rng(config.seed)
+
+    def __call__(self, index: np.ndarray, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        index = np.sort(index)  # sorted reads are kinder to a memory-mapped array
+        if self.config.augment == "reference":
+            q, k = reference_views(self.train, index, self.rng, self.model_config, self.config)
+            return (torch.from_numpy(q).to(self.device, non_blocking=True),
+                    torch.from_numpy(k).to(self.device, non_blocking=True))
+        batch = self.resident.batch(index)
+        both = (torch.cat([batch.index, batch.index]) if isinstance(batch.index, torch.Tensor)
+                else np.concatenate([batch.index, batch.index]))
+        views = self.augmenter(batch.data, batch.num_frames, both, step, validate=False)
+        views = views.to(self.device, non_blocking=True)
+        return views[: len(index)], views[len(index):]
+
+
+def epoch_order(seed: int, epoch: int, num_samples: int) -> np.ndarray:
+    """The sample order of one epoch, a function of (seed, epoch) alone."""
+    return np.random.default_rng([seed, epoch]).permutation(num_samples)
 
 
 def pretrain_step(model: SCDNet, optimizer: torch.optim.Optimizer, query_view: torch.Tensor,
@@ -78,7 +111,7 @@ def pretrain(model_config: SCDConfig, config: PretrainConfig, train: SkeletonSet
              device: torch.device, log_every: int = 10, progress: bool = True) -> PretrainResult:
     steps_per_epoch = _check_sizes(model_config, config, train)
     torch.manual_seed(config.seed)
-    rng = np.random.default_rng(config.seed)
+    views = ViewSource(train, model_config, config, device)
     model = SCDNet(model_config).to(device)
     optimizer = torch.optim.SGD(model.query_encoder.parameters(), lr=config.lr, momentum=config.sgd_momentum,
                                 weight_decay=config.weight_decay)
@@ -94,16 +127,13 @@ def pretrain(model_config: SCDConfig, config: PretrainConfig, train: SkeletonSet
         for epoch in range(config.epochs):
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(config, epoch)
-            order = rng.permutation(len(train))
+            order = epoch_order(config.seed, epoch, len(train))
             loss_sum = torch.zeros((), device=device)
             data_s = compute_s = 0.0
             epoch_start = time.perf_counter()
             for b in range(steps_per_epoch):
                 t0 = time.perf_counter()
-                q_np, k_np = make_batch_views(train, order[b * config.batch_size:(b + 1) * config.batch_size],
-                                              rng, model_config, config)
-                q_view = torch.from_numpy(q_np).to(device, non_blocking=True)
-                k_view = torch.from_numpy(k_np).to(device, non_blocking=True)
+                q_view, k_view = views(order[b * config.batch_size:(b + 1) * config.batch_size], step)
                 t1 = time.perf_counter()
                 loss_sum += pretrain_step(model, optimizer, q_view, k_view)
                 step += 1
@@ -115,7 +145,8 @@ def pretrain(model_config: SCDConfig, config: PretrainConfig, train: SkeletonSet
                     if not math.isfinite(loss_value):
                         raise ScdError(f"pretrain: the loss became non-finite by step {step} (epoch {epoch}); "
                                        f"the last good checkpoint is {checkpoint}")
-                    bar.set_postfix(loss=f"{loss_value:.3f}", lr=f"{lr_at(config, epoch):.3g}", epoch=epoch)
+                    bar.set_postfix(loss=f"{loss_value:.3f}", lr=f"{lr_at(config, epoch):.3g}", epoch=epoch,
+                                    data=f"{data_s:.1f}s", compute=f"{compute_s:.1f}s")
             elapsed = time.perf_counter() - epoch_start
             metrics.write(epoch=epoch, step=step, loss=f"{loss_value:.6f}", lr=f"{lr_at(config, epoch):.6g}",
                           samples_per_s=f"{steps_per_epoch * config.batch_size / elapsed:.1f}",

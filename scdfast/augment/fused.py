@@ -1,0 +1,231 @@
+"""Batched view generation in two Numba kernels, compiled from one source for the CPU and the GPU.
+
+`plan` runs one thread per view and turns the counter-based random numbers into a compact
+ViewPlan: crop start and length, one 3x3 matrix (shear @ Rz @ Ry @ Rx, identity where a
+transform was not drawn), the flip flag, the masked joints and the masked segments.
+`render` runs one thread per output point (view, frame, joint, body): it interpolates the
+cropped source frames, forms the joint/motion/bone stream, applies the flip and the matrix
+and the two masks, and writes the three coordinates once. Each source frame is read by the
+points that need it and nothing is written twice: crop-resize, affine, flip and masks are one pass.
+
+The draws consume slots of the counter-based generator (`counter_rng`); the slot map below
+is part of the reproducibility contract: changing it changes every batch.
+"""
+from __future__ import annotations
+
+import math
+
+import numba
+from numba import cuda
+
+from scdfast.augment.counter_rng import make_uniform
+
+# Representation codes (the kernels take ints, not strings).
+JOINT, MOTION, BONE = 0, 1, 2
+REPRESENTATIONS = {"joint": JOINT, "motion": MOTION, "bone": BONE}
+
+TEMPORAL_SEGMENTS = 16
+MASKED_SEGMENTS = 6
+MASK_SEED_JOINTS = 5
+
+# Slots of the counter-based generator, per view.
+SLOT_RATIO, SLOT_START = 0, 1
+SLOT_ROTATE, SLOT_AXIS, SLOT_DEGREES = 2, 3, 4              # 3 angle slots: 4, 5, 6
+SLOT_FLIP = 7
+SLOT_SHEAR, SLOT_SHEAR_VALUES = 8, 9                         # 6 value slots: 9..14
+SLOT_SPATIAL, SLOT_SEEDS = 15, 16                            # 5 seed slots: 16..20
+SLOT_TEMPORAL, SLOT_SEGMENTS = 21, 22                        # 16 segment slots: 22..37
+
+THREADS_PER_BLOCK = 256
+
+
+def _build(device_jit, kernel_jit, parallel_range, on_gpu):
+    """Compile the plan and render kernels for one target. `device_jit` compiles helpers,
+    `kernel_jit` the entry points; on the CPU the kernels loop over `parallel_range` (prange),
+    on the GPU each thread takes its index from cuda.grid (named through the module, where
+    the CUDA simulator finds and replaces it)."""
+    uniform = make_uniform(device_jit)
+
+    @device_jit
+    def rotate_rows(mat, b, i, j, c, s):
+        # rows (i, j) of mat[b] (row-major 3x3) <- [[c, s], [-s, c]] @ rows (i, j)
+        for k in range(3):
+            ri = mat[b, 3 * i + k]
+            rj = mat[b, 3 * j + k]
+            mat[b, 3 * i + k] = c * ri + s * rj
+            mat[b, 3 * j + k] = -s * ri + c * rj
+
+    @device_jit
+    def plan_one(key, b, nf, window, ratio_lo, ratio_hi, probability, scores, num_masked,
+                 start, length, degrees, shear, matrix, flip, seeds, joint_mask, segment_mask):
+        # temporal crop: L = min(max(floor(nf * r), window), nf), start ~ U{0 .. nf - L}
+        r = ratio_lo + (ratio_hi - ratio_lo) * uniform(key, b, SLOT_RATIO)
+        crop = min(max(math.floor(nf * r), window), nf)
+        first = min(int(uniform(key, b, SLOT_START) * (nf - crop + 1)), nf - crop)
+        start[b] = first
+        length[b] = crop
+        for k in range(9):
+            matrix[b, k] = 1.0 if k % 4 == 0 else 0.0
+        for axis in range(3):
+            degrees[b, axis] = 0.0
+        for k in range(6):
+            shear[b, k] = 0.0
+        if uniform(key, b, SLOT_ROTATE) < probability:
+            # one main axis gets U[0, 30] degrees, the other two U[0, 1]; about x, then y, then z
+            main = min(int(uniform(key, b, SLOT_AXIS) * 3.0), 2)
+            for axis in range(3):
+                top = 30.0 if axis == main else 1.0
+                degrees[b, axis] = top * uniform(key, b, SLOT_DEGREES + axis)
+                angle = math.pi / 180.0 * degrees[b, axis]
+                c = math.cos(angle)
+                s = math.sin(angle)
+                if axis == 0:
+                    rotate_rows(matrix, b, 1, 2, c, s)
+                elif axis == 1:
+                    rotate_rows(matrix, b, 0, 2, c, -s)
+                else:
+                    rotate_rows(matrix, b, 0, 1, c, s)
+        flip[b] = 1 if uniform(key, b, SLOT_FLIP) < probability else 0
+        if uniform(key, b, SLOT_SHEAR) < probability:
+            # ones on the diagonal, the six off-diagonals U[-1, 1] in row-major order
+            for k in range(6):
+                shear[b, k] = 2.0 * uniform(key, b, SLOT_SHEAR_VALUES + k) - 1.0
+            s01 = shear[b, 0]
+            s02 = shear[b, 1]
+            s10 = shear[b, 2]
+            s12 = shear[b, 3]
+            s20 = shear[b, 4]
+            s21 = shear[b, 5]
+            for k in range(3):
+                r0 = matrix[b, k]
+                r1 = matrix[b, 3 + k]
+                r2 = matrix[b, 6 + k]
+                matrix[b, k] = r0 + s01 * r1 + s02 * r2
+                matrix[b, 3 + k] = s10 * r0 + r1 + s12 * r2
+                matrix[b, 6 + k] = s20 * r0 + s21 * r1 + r2
+        num_joints = joint_mask.shape[1]
+        for v in range(num_joints):
+            joint_mask[b, v] = 0
+        spatial = uniform(key, b, SLOT_SPATIAL) < probability
+        for k in range(MASK_SEED_JOINTS):
+            seeds[b, k] = min(int(uniform(key, b, SLOT_SEEDS + k) * num_joints), num_joints - 1)
+        if spatial:
+            # the num_masked joints of highest summed score; ties go to the higher index
+            for v in range(num_joints):
+                score_v = 0.0
+                for k in range(MASK_SEED_JOINTS):
+                    score_v += scores[seeds[b, k], v]
+                above = 0
+                for u in range(num_joints):
+                    score_u = 0.0
+                    for k in range(MASK_SEED_JOINTS):
+                        score_u += scores[seeds[b, k], u]
+                    if score_u > score_v or (score_u == score_v and u > v):
+                        above += 1
+                if above < num_masked:
+                    joint_mask[b, v] = 1
+        # temporal mask: a uniform 6-subset of the 16 segments by selection sampling
+        needed = MASKED_SEGMENTS if uniform(key, b, SLOT_TEMPORAL) < probability else 0
+        for s in range(TEMPORAL_SEGMENTS):
+            pick = needed > 0 and uniform(key, b, SLOT_SEGMENTS + s) * (TEMPORAL_SEGMENTS - s) < needed
+            segment_mask[b, s] = 1 if pick else 0
+            if pick:
+                needed -= 1
+
+    @device_jit
+    def lerp(x, n, c, f0, f1, w, u, m):
+        return (1.0 - w) * x[n, c, f0, u, m] + w * x[n, c, f1, u, m]
+
+    @device_jit
+    def render_point(x, index, start, length, matrix, flip, joint_mask, segment_mask, perm, parent,
+                     representation, b, t, v, m, out):
+        window = out.shape[2]
+        seg_len = window // TEMPORAL_SEGMENTS
+        masked = segment_mask[b, t // seg_len] != 0 or joint_mask[b, v] != 0
+        if masked or (representation == MOTION and t == window - 1):
+            for c in range(3):
+                out[b, c, t, v, m] = 0.0
+            return
+        n = index[b]
+        u = perm[v] if flip[b] != 0 else v
+        first = start[b]
+        crop = length[b]
+        scale = crop / window
+        a0 = 0.0
+        a1 = 0.0
+        a2 = 0.0
+        # MOTION needs frames t+1 and t (weight +1, -1); the others frame t alone.
+        steps = 2 if representation == MOTION else 1
+        for k in range(steps):
+            tt = t + 1 - k if representation == MOTION else t
+            sign = 1.0 if k == 0 else -1.0
+            src = max((tt + 0.5) * scale - 0.5, 0.0)
+            i0 = int(src)
+            i1 = min(i0 + 1, crop - 1)
+            w = src - i0
+            a0 += sign * lerp(x, n, 0, first + i0, first + i1, w, u, m)
+            a1 += sign * lerp(x, n, 1, first + i0, first + i1, w, u, m)
+            a2 += sign * lerp(x, n, 2, first + i0, first + i1, w, u, m)
+            if representation == BONE:
+                p = parent[u]
+                a0 -= lerp(x, n, 0, first + i0, first + i1, w, p, m)
+                a1 -= lerp(x, n, 1, first + i0, first + i1, w, p, m)
+                a2 -= lerp(x, n, 2, first + i0, first + i1, w, p, m)
+        for c in range(3):
+            out[b, c, t, v, m] = matrix[b, 3 * c] * a0 + matrix[b, 3 * c + 1] * a1 + matrix[b, 3 * c + 2] * a2
+
+    if not on_gpu:
+        @kernel_jit
+        def plan(key, num_frames, index, window, ratio_lo, ratio_hi, probability, scores, num_masked,
+                 start, length, degrees, shear, matrix, flip, seeds, joint_mask, segment_mask):
+            for b in parallel_range(index.shape[0]):
+                plan_one(key, b, num_frames[index[b]], window, ratio_lo, ratio_hi, probability, scores,
+                         num_masked, start, length, degrees, shear, matrix, flip, seeds, joint_mask,
+                         segment_mask)
+
+        @kernel_jit
+        def render(x, index, start, length, matrix, flip, joint_mask, segment_mask, perm, parent,
+                   representation, out):
+            views, _, window, num_joints, bodies = out.shape
+            for job in parallel_range(views * window):
+                b = job // window
+                t = job - b * window
+                for v in range(num_joints):
+                    for m in range(bodies):
+                        render_point(x, index, start, length, matrix, flip, joint_mask, segment_mask,
+                                     perm, parent, representation, b, t, v, m, out)
+    else:
+        @kernel_jit
+        def plan(key, num_frames, index, window, ratio_lo, ratio_hi, probability, scores, num_masked,
+                 start, length, degrees, shear, matrix, flip, seeds, joint_mask, segment_mask):
+            b = cuda.grid(1)
+            if b < index.shape[0]:
+                plan_one(key, b, num_frames[index[b]], window, ratio_lo, ratio_hi, probability, scores,
+                         num_masked, start, length, degrees, shear, matrix, flip, seeds, joint_mask,
+                         segment_mask)
+
+        @kernel_jit
+        def render(x, index, start, length, matrix, flip, joint_mask, segment_mask, perm, parent,
+                   representation, out):
+            views, _, window, num_joints, bodies = out.shape
+            i = cuda.grid(1)
+            if i < views * window * num_joints * bodies:
+                # thread order (view, frame, joint, body): neighbouring threads write neighbouring floats
+                m = i % bodies
+                rest = i // bodies
+                v = rest % num_joints
+                rest = rest // num_joints
+                t = rest % window
+                b = rest // window
+                render_point(x, index, start, length, matrix, flip, joint_mask, segment_mask,
+                             perm, parent, representation, b, t, v, m, out)
+
+    return plan, render
+
+
+plan_cpu, render_cpu = _build(numba.njit, numba.njit(parallel=True), numba.prange, on_gpu=False)
+plan_cuda, render_cuda = _build(cuda.jit(device=True), cuda.jit, range, on_gpu=True)
+
+
+def blocks_for(total: int) -> int:
+    return max(1, (total + THREADS_PER_BLOCK - 1) // THREADS_PER_BLOCK)
