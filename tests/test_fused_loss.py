@@ -90,12 +90,47 @@ def test_clip(n, d):
             (unit(n, d), unit(n, d)), torch.float32)
 
 
-def test_scd_loss_fused_equals_reference():
-    n, k, d = 7, 100, 16
+@pytest.mark.parametrize("n,k,d,normalize", [(1, 1, 16, False), (7, 100, 16, False), (65, 257, 16, True),
+                                              (5, 33, 128, True)])
+def test_scd_loss_single_launch_equals_reference(n, k, d, normalize):
+    """All four terms from one launch (the instance queue's tiles shared by qt and qs)."""
+    make = (lambda rows: torch.randn(rows, d) * 3) if normalize else (lambda rows: unit(rows, d))
+    queries, keys, queues = [make(n) for _ in range(3)], [make(n) for _ in range(3)], [unit(k, d) for _ in range(3)]
+    compare(lambda *q: scd_loss(q, keys, queues, 0.2, backend="triton", normalize=normalize),
+            lambda *q: scd_loss(q, [t.double() for t in keys], [t.double() for t in queues], 0.2, backend="torch",
+                                normalize=normalize),
+            queries, torch.float32)
+
+
+def test_scd_pass_is_one_launch_of_four_terms():
+    from scdfast.kernels.infonce import scd_pass
+    from scdfast.losses.reference import scd_terms
+    n, k, d = 9, 70, 32
     queries, keys, queues = [unit(n, d) for _ in range(3)], [unit(n, d) for _ in range(3)], [unit(k, d) for _ in range(3)]
+    loss_rows, dq = scd_pass(queries, keys, queues, 1 / 0.2)
+    for term, (q, pos, queue) in enumerate(scd_terms(queries, keys, queues)):
+        q64 = q.double().requires_grad_()
+        want = infonce_ref(q64, pos.double(), queue.double(), 0.2) * n
+        want.backward()
+        assert rel_err(loss_rows[term].sum(), want.detach()) < TOL[torch.float32]
+        assert rel_err(dq[term], q64.grad) < TOL[torch.float32]
+
+
+def test_scd_loss_bf16():
+    n, k, d = 7, 64, 128
+    queries = [unit(n, d, torch.bfloat16) for _ in range(3)]
+    keys, queues = [unit(n, d, torch.bfloat16) for _ in range(3)], [unit(k, d, torch.bfloat16) for _ in range(3)]
     compare(lambda *q: scd_loss(q, keys, queues, 0.2, backend="triton"),
             lambda *q: scd_loss(q, [t.double() for t in keys], [t.double() for t in queues], 0.2, backend="torch"),
-            queries, torch.float32)
+            queries, torch.bfloat16)
+
+
+@pytest.mark.parametrize("which", ["nt_xent", "clip"])
+def test_pair_losses_normalize_inside(which):
+    fused, ref = {"nt_xent": (nt_xent, nt_xent_ref), "clip": (clip_loss, clip_ref)}[which]
+    a, b = torch.randn(7, 16) * 2, torch.randn(7, 16) * 0.5
+    compare(lambda x, y: fused(x, y, 0.3, backend="triton", normalize=True),
+            lambda x, y: ref(x, y, 0.3, normalize=True), (a, b), torch.float32)
 
 
 def test_infonce_bf16_queue_with_fp32_queries():
