@@ -6,6 +6,7 @@ error (ScdError, a missing file) prints one line and exits with status 2.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 
@@ -58,6 +59,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, help="override the preset's learning rate (paper: 0.01)")
     p.add_argument("--representation", choices=("joint", "motion", "bone"), default="joint",
                    help="input stream (default joint)")
+    p.add_argument("--resume", metavar="RUN_DIR",
+                   help="continue the run in RUN_DIR from its last checkpoint, with its saved settings "
+                        "(the other schedule options are ignored)")
+    p.add_argument("--checkpoint-steps", type=int,
+                   help="also checkpoint every this many steps (default: at epoch ends only)")
+    p.add_argument("--keep-last", type=int, help="step checkpoints to keep besides best.pt and last.pt (default 3)")
+    p.add_argument("--log-every", type=int, help="steps between loss reads and steps.csv rows (default 10)")
     p.add_argument("--augment", choices=("batched", "reference"), default="batched",
                    help="view generation: 'batched' Numba kernels on the training device (default) or the "
                         "per-sample NumPy 'reference'")
@@ -85,19 +93,33 @@ def _overrides(args: argparse.Namespace, names: tuple[str, ...]) -> dict:
 
 
 def _run_pretrain(args: argparse.Namespace) -> None:
+    from scdfast.config import from_dict
     from scdfast.data import load_dataset
     from scdfast.train.device import resolve_device
-    from scdfast.train.pretrain import pretrain
+    from scdfast.train.pretrain import load_resume_state, pretrain
     from scdfast.train.rundir import prepare_run_dir
 
-    model_config = preset(args.preset, SCDConfig)
-    config = preset(args.preset, PretrainConfig, representation=args.representation, augment=args.augment,
-                    **_overrides(args, ("epochs", "batch_size", "lr", "seed")))
+    resume = None
+    if args.resume:
+        resume = load_resume_state(args.resume)
+        model_config = from_dict(SCDConfig, resume["model_config"])
+        config = from_dict(PretrainConfig, resume["pretrain_config"])
+        run_dir = args.resume
+        with open(os.path.join(run_dir, "config.json")) as f:
+            data = json.load(f).get("data", args.data)
+    else:
+        model_config = preset(args.preset, SCDConfig)
+        config = preset(args.preset, PretrainConfig, representation=args.representation, augment=args.augment,
+                        **_overrides(args, ("epochs", "batch_size", "lr", "seed", "checkpoint_steps", "keep_last",
+                                            "log_every")))
+        run_dir = prepare_run_dir(args.run_dir, "pretrain")
+        data = args.data if args.data == "synthetic" else os.path.abspath(args.data)
     device = resolve_device(args.device)
-    train, _ = load_dataset(args.data, seed=args.seed)
-    run_dir = prepare_run_dir(args.run_dir, "pretrain")
-    print(f"pretraining on {args.data} ({len(train)} samples) on {device}; run directory {run_dir}")
-    result = pretrain(model_config, config, train, run_dir, device, progress=not args.no_progress)
+    train, _ = load_dataset(data, seed=config.seed)
+    verb = f"resuming at step {resume['step']}" if resume else "pretraining"
+    print(f"{verb} on {data} ({len(train)} samples) on {device}; run directory {run_dir}")
+    result = pretrain(model_config, config, train, run_dir, device, progress=not args.no_progress, resume=resume,
+                      data=data)
     print(f"done: {result.steps} steps in {result.seconds:.0f} s, final loss {result.final_loss:.4f}; "
           f"checkpoint {result.checkpoint}")
 
@@ -170,6 +192,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"scdfast {args.command}: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:
+        from scdfast.train.pretrain import Interrupted
+        if not isinstance(exc, Interrupted):
+            raise
+        print(f"scdfast {args.command}: {exc}", file=sys.stderr)
+        return 128 + exc.signum  # the shell's convention: 130 for SIGINT, 143 for SIGTERM
     return 0
 
 

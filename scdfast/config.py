@@ -116,8 +116,17 @@ class PretrainConfig(_Presets):
     seed: int = 0
     checkpoint_every: int = 1
     """Epochs between checkpoints."""
+    checkpoint_steps: int = 0
+    """Also checkpoint every this many steps (0: only at epoch ends)."""
+    keep_last: int = 3
+    """Step checkpoints kept (best.pt and last.pt are kept besides)."""
+    log_every: int = 10
+    """Steps between host reads of the loss (progress bar, steps.csv, the non-finite guard)."""
 
     def __post_init__(self) -> None:
+        if min(self.checkpoint_every, self.keep_last, self.log_every) < 1 or self.checkpoint_steps < 0:
+            raise ScdError("PretrainConfig: checkpoint_every, keep_last and log_every must be >= 1, "
+                           "checkpoint_steps >= 0")
         if self.representation not in ("joint", "motion", "bone"):
             raise ScdError(f"representation={self.representation!r}: use joint, motion or bone")
         if self.augment not in ("batched", "reference"):

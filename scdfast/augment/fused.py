@@ -3,7 +3,8 @@
 `plan` runs one thread per view and turns the counter-based random numbers into a compact
 ViewPlan: crop start and length, one 3x3 matrix (shear @ Rz @ Ry @ Rx, identity where a
 transform was not drawn), the flip flag, the masked joints and the masked segments.
-`render` runs one thread per output point (view, frame, joint, body): it interpolates the
+`render` runs one GPU thread per output point (view, frame, joint, body), or one CPU
+iteration per output frame: it interpolates the
 cropped source frames, forms the joint/motion/bone stream, applies the flip and the matrix
 and the two masks, and writes the three coordinates once. Each source frame is read by the
 points that need it and nothing is written twice: crop-resize, affine, flip and masks are one pass.
@@ -137,42 +138,60 @@ def _build(device_jit, kernel_jit, parallel_range, on_gpu):
         return (1.0 - w) * x[n, c, f0, u, m] + w * x[n, c, f1, u, m]
 
     @device_jit
-    def render_point(x, index, start, length, matrix, flip, joint_mask, segment_mask, perm, parent,
-                     representation, b, t, v, m, out):
+    def render_span(x, index, start, length, matrix, flip, joint_mask, segment_mask, perm, parent,
+                    representation, b, t, v_lo, v_hi, m_lo, m_hi, out):
+        # Output frame t of view b for joints [v_lo, v_hi) and bodies [m_lo, m_hi): the CPU
+        # renders a whole frame per call (per-frame work hoisted), a GPU thread one point.
         window = out.shape[2]
-        seg_len = window // TEMPORAL_SEGMENTS
-        masked = segment_mask[b, t // seg_len] != 0 or joint_mask[b, v] != 0
-        if masked or (representation == MOTION and t == window - 1):
-            for c in range(3):
-                out[b, c, t, v, m] = 0.0
+        if segment_mask[b, t // (window // TEMPORAL_SEGMENTS)] != 0 or (representation == MOTION and t == window - 1):
+            for v in range(v_lo, v_hi):
+                for m in range(m_lo, m_hi):
+                    for c in range(3):
+                        out[b, c, t, v, m] = 0.0
             return
         n = index[b]
-        u = perm[v] if flip[b] != 0 else v
         first = start[b]
         crop = length[b]
         scale = crop / window
-        a0 = 0.0
-        a1 = 0.0
-        a2 = 0.0
-        # MOTION needs frames t+1 and t (weight +1, -1); the others frame t alone.
-        steps = 2 if representation == MOTION else 1
-        for k in range(steps):
-            tt = t + 1 - k if representation == MOTION else t
-            sign = 1.0 if k == 0 else -1.0
-            src = max((tt + 0.5) * scale - 0.5, 0.0)
-            i0 = int(src)
-            i1 = min(i0 + 1, crop - 1)
-            w = src - i0
-            a0 += sign * lerp(x, n, 0, first + i0, first + i1, w, u, m)
-            a1 += sign * lerp(x, n, 1, first + i0, first + i1, w, u, m)
-            a2 += sign * lerp(x, n, 2, first + i0, first + i1, w, u, m)
-            if representation == BONE:
-                p = parent[u]
-                a0 -= lerp(x, n, 0, first + i0, first + i1, w, p, m)
-                a1 -= lerp(x, n, 1, first + i0, first + i1, w, p, m)
-                a2 -= lerp(x, n, 2, first + i0, first + i1, w, p, m)
-        for c in range(3):
-            out[b, c, t, v, m] = matrix[b, 3 * c] * a0 + matrix[b, 3 * c + 1] * a1 + matrix[b, 3 * c + 2] * a2
+        # linear interpolation, align_corners=False: source position of output frame t
+        src = max((t + 0.5) * scale - 0.5, 0.0)
+        i0 = int(src)
+        w = src - i0
+        f0 = first + i0
+        f1 = first + min(i0 + 1, crop - 1)
+        # motion also needs frame t + 1 (zero beyond the window, handled above)
+        src_next = max((t + 1.5) * scale - 0.5, 0.0)
+        j0 = int(src_next)
+        w_next = src_next - j0
+        g0 = first + j0
+        g1 = first + min(j0 + 1, crop - 1)
+        m00, m01, m02 = matrix[b, 0], matrix[b, 1], matrix[b, 2]
+        m10, m11, m12 = matrix[b, 3], matrix[b, 4], matrix[b, 5]
+        m20, m21, m22 = matrix[b, 6], matrix[b, 7], matrix[b, 8]
+        flipped = flip[b] != 0
+        for v in range(v_lo, v_hi):
+            if joint_mask[b, v] != 0:
+                for m in range(m_lo, m_hi):
+                    for c in range(3):
+                        out[b, c, t, v, m] = 0.0
+                continue
+            u = perm[v] if flipped else v
+            p = parent[u]
+            for m in range(m_lo, m_hi):
+                a0 = lerp(x, n, 0, f0, f1, w, u, m)
+                a1 = lerp(x, n, 1, f0, f1, w, u, m)
+                a2 = lerp(x, n, 2, f0, f1, w, u, m)
+                if representation == MOTION:
+                    a0 = lerp(x, n, 0, g0, g1, w_next, u, m) - a0
+                    a1 = lerp(x, n, 1, g0, g1, w_next, u, m) - a1
+                    a2 = lerp(x, n, 2, g0, g1, w_next, u, m) - a2
+                elif representation == BONE:
+                    a0 -= lerp(x, n, 0, f0, f1, w, p, m)
+                    a1 -= lerp(x, n, 1, f0, f1, w, p, m)
+                    a2 -= lerp(x, n, 2, f0, f1, w, p, m)
+                out[b, 0, t, v, m] = m00 * a0 + m01 * a1 + m02 * a2
+                out[b, 1, t, v, m] = m10 * a0 + m11 * a1 + m12 * a2
+                out[b, 2, t, v, m] = m20 * a0 + m21 * a1 + m22 * a2
 
     if not on_gpu:
         @kernel_jit
@@ -189,11 +208,8 @@ def _build(device_jit, kernel_jit, parallel_range, on_gpu):
             views, _, window, num_joints, bodies = out.shape
             for job in parallel_range(views * window):
                 b = job // window
-                t = job - b * window
-                for v in range(num_joints):
-                    for m in range(bodies):
-                        render_point(x, index, start, length, matrix, flip, joint_mask, segment_mask,
-                                     perm, parent, representation, b, t, v, m, out)
+                render_span(x, index, start, length, matrix, flip, joint_mask, segment_mask, perm, parent,
+                            representation, b, job - b * window, 0, num_joints, 0, bodies, out)
     else:
         @kernel_jit
         def plan(key, num_frames, index, window, ratio_lo, ratio_hi, probability, scores, num_masked,
@@ -217,8 +233,8 @@ def _build(device_jit, kernel_jit, parallel_range, on_gpu):
                 rest = rest // num_joints
                 t = rest % window
                 b = rest // window
-                render_point(x, index, start, length, matrix, flip, joint_mask, segment_mask,
-                             perm, parent, representation, b, t, v, m, out)
+                render_span(x, index, start, length, matrix, flip, joint_mask, segment_mask, perm, parent,
+                            representation, b, t, v, v + 1, m, m + 1, out)
 
     return plan, render
 

@@ -7,8 +7,11 @@ device and read every `log_every` steps.
 """
 from __future__ import annotations
 
+import csv
 import math
 import os
+import signal
+import threading
 import time
 from dataclasses import dataclass
 
@@ -18,13 +21,19 @@ from tqdm.auto import tqdm
 
 from scdfast.augment import draw_views, make_views
 from scdfast.augment.batched import BatchAugmenter
+from scdfast.compat import read_checkpoint
 from scdfast.config import PretrainConfig, SCDConfig, step_lr, to_dict
 from scdfast.data import SkeletonSet
 from scdfast.data.resident import ResidentData
 from scdfast.errors import ScdError
 from scdfast.losses import scd_loss
 from scdfast.models import SCDNet
-from scdfast.train.rundir import MetricsCSV, save_checkpoint, save_json
+from scdfast.train.checkpoints import (
+    CheckpointKeeper,
+    random_states,
+    restore_random_states,
+)
+from scdfast.train.rundir import MetricsCSV, atomic_write, save_json
 
 CHECKPOINT_FORMAT = "scdfast-pretrain-v1"
 METRIC_FIELDS = ["epoch", "step", "loss", "lr", "samples_per_s", "data_s", "compute_s"]
@@ -107,56 +116,161 @@ def pretrain_step(model: SCDNet, optimizer: torch.optim.Optimizer, query_view: t
     return loss.detach()
 
 
+class StopSignals:
+    """SIGINT and SIGTERM set a flag the loop reads between steps, so a run stops at a step
+    boundary with a checkpoint instead of dying mid-write. Restores the old handlers on exit."""
+
+    def __init__(self):
+        self.received: int | None = None
+        self._previous = {}
+
+    def __enter__(self) -> StopSignals:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, _frame) -> None:
+        self.received = signum
+
+    def __exit__(self, *_exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def _truncate_csv(path: str, column: str, last: int) -> None:
+    """Drop rows whose `column` exceeds `last`: what a killed run logged past its checkpoint."""
+    if not os.path.exists(path):
+        return
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+        fields = rows[0].keys() if rows else None
+    if fields is None:
+        return
+    kept = [r for r in rows if int(r[column]) <= last]
+    def write(f):
+        w = csv.DictWriter(f, fieldnames=list(fields))
+        w.writeheader()
+        w.writerows(kept)
+    atomic_write(path, write, mode="w")
+
+
+def load_resume_state(run_dir: str) -> dict:
+    """The newest checkpoint of a run directory, checked to be a pretraining checkpoint."""
+    path = os.path.join(run_dir, "checkpoints", "last.pt")
+    if not os.path.isfile(path):
+        raise ScdError(f"--resume {run_dir}: no checkpoint at {path}")
+    state = read_checkpoint(path)
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise ScdError(f"--resume {run_dir}: {path} is not an scdfast pretraining checkpoint")
+    return state
+
+
 def pretrain(model_config: SCDConfig, config: PretrainConfig, train: SkeletonSet, run_dir: str,
-             device: torch.device, log_every: int = 10, progress: bool = True) -> PretrainResult:
+             device: torch.device, progress: bool = True, resume: dict | None = None,
+             data: str = "synthetic") -> PretrainResult:
+    """Pretrain, or with `resume` (from load_resume_state) continue exactly where that
+    checkpoint stopped: the same data order, views, dropout and optimiser state follow."""
     steps_per_epoch = _check_sizes(model_config, config, train)
+    total = steps_per_epoch * config.epochs
     torch.manual_seed(config.seed)
     views = ViewSource(train, model_config, config, device)
     model = SCDNet(model_config).to(device)
     optimizer = torch.optim.SGD(model.query_encoder.parameters(), lr=config.lr, momentum=config.sgd_momentum,
                                 weight_decay=config.weight_decay)
-    save_json({"command": "pretrain", "model": to_dict(model_config), "pretrain": to_dict(config),
-               "device": str(device), "train_samples": len(train)}, os.path.join(run_dir, "config.json"))
+    keeper = CheckpointKeeper(os.path.join(run_dir, "checkpoints"), config.keep_last)
+    step, best = 0, math.inf
+    if resume is not None:
+        model.load_state_dict(resume["model"])
+        optimizer.load_state_dict(resume["optimizer"])
+        restore_random_states(resume["random"])
+        if resume.get("reference_rng") is not None and config.augment == "reference":
+            views.rng.bit_generator.state = resume["reference_rng"]
+        step, best = resume["step"], resume.get("best_loss", math.inf)
+        _truncate_csv(os.path.join(run_dir, "steps.csv"), "step", step)
+        _truncate_csv(os.path.join(run_dir, "metrics.csv"), "step", step)
+    else:
+        save_json({"command": "pretrain", "data": data, "model": to_dict(model_config), "pretrain": to_dict(config),
+                   "device": str(device), "train_samples": len(train)}, os.path.join(run_dir, "config.json"))
     metrics = MetricsCSV(os.path.join(run_dir, "metrics.csv"), METRIC_FIELDS)
-    checkpoint = os.path.join(run_dir, "checkpoints", "last.pt")
-    total = steps_per_epoch * config.epochs
-    bar = tqdm(total=total, desc="pretrain", unit="step", disable=not progress, dynamic_ncols=True)
-    step, loss_value, start = 0, math.nan, time.perf_counter()
+    step_log = MetricsCSV(os.path.join(run_dir, "steps.csv"), ["step", "loss"])
+
+    def state(epoch_loss: float | None = None) -> dict:
+        return {"format": CHECKPOINT_FORMAT, "model_config": to_dict(model_config),
+                "pretrain_config": to_dict(config), "epoch": step // steps_per_epoch, "step": step,
+                "model": model.state_dict(), "optimizer": optimizer.state_dict(), "random": random_states(),
+                "reference_rng": views.rng.bit_generator.state if config.augment == "reference" else None,
+                "best_loss": best, "epoch_loss": epoch_loss}
+
+    bar = tqdm(total=total, initial=step, desc="pretrain", unit="step", disable=not progress, dynamic_ncols=True)
+    loss_value, start = math.nan, time.perf_counter()
     model.train()
     try:
-        for epoch in range(config.epochs):
-            for group in optimizer.param_groups:
-                group["lr"] = lr_at(config, epoch)
-            order = epoch_order(config.seed, epoch, len(train))
-            loss_sum = torch.zeros((), device=device)
-            data_s = compute_s = 0.0
-            epoch_start = time.perf_counter()
-            for b in range(steps_per_epoch):
-                t0 = time.perf_counter()
-                q_view, k_view = views(order[b * config.batch_size:(b + 1) * config.batch_size], step)
-                t1 = time.perf_counter()
-                loss_sum += pretrain_step(model, optimizer, q_view, k_view)
-                step += 1
-                data_s += t1 - t0
-                compute_s += time.perf_counter() - t1
-                bar.update(1)
-                if step % log_every == 0 or b == steps_per_epoch - 1:
-                    loss_value = loss_sum.item() / (b + 1)  # host sync, once per log interval
-                    if not math.isfinite(loss_value):
-                        raise ScdError(f"pretrain: the loss became non-finite by step {step} (epoch {epoch}); "
-                                       f"the last good checkpoint is {checkpoint}")
-                    bar.set_postfix(loss=f"{loss_value:.3f}", lr=f"{lr_at(config, epoch):.3g}", epoch=epoch,
-                                    data=f"{data_s:.1f}s", compute=f"{compute_s:.1f}s")
-            elapsed = time.perf_counter() - epoch_start
-            metrics.write(epoch=epoch, step=step, loss=f"{loss_value:.6f}", lr=f"{lr_at(config, epoch):.6g}",
-                          samples_per_s=f"{steps_per_epoch * config.batch_size / elapsed:.1f}",
-                          data_s=f"{data_s:.3f}", compute_s=f"{compute_s:.3f}")
-            if (epoch + 1) % config.checkpoint_every == 0 or epoch + 1 == config.epochs:
-                save_checkpoint({"format": CHECKPOINT_FORMAT, "model_config": to_dict(model_config),
-                                 "pretrain_config": to_dict(config), "epoch": epoch + 1, "step": step,
-                                 "model": model.state_dict(), "optimizer": optimizer.state_dict()}, checkpoint)
+        with StopSignals() as stop:
+            for epoch in range(step // steps_per_epoch, config.epochs):
+                for group in optimizer.param_groups:
+                    group["lr"] = lr_at(config, epoch)
+                order = epoch_order(config.seed, epoch, len(train))
+                first = step - epoch * steps_per_epoch
+                epoch_sum = torch.zeros((), device=device)
+                interval_sum = torch.zeros((), device=device)
+                pending = 0  # steps in interval_sum
+                data_s = compute_s = 0.0
+                epoch_start = time.perf_counter()
+                for b in range(first, steps_per_epoch):
+                    t0 = time.perf_counter()
+                    q_view, k_view = views(order[b * config.batch_size:(b + 1) * config.batch_size], step)
+                    t1 = time.perf_counter()
+                    loss = pretrain_step(model, optimizer, q_view, k_view)
+                    epoch_sum += loss
+                    interval_sum += loss
+                    pending += 1
+                    step += 1
+                    data_s += t1 - t0
+                    compute_s += time.perf_counter() - t1
+                    bar.update(1)
+                    end_of_epoch = b == steps_per_epoch - 1
+                    want_checkpoint = (config.checkpoint_steps and step % config.checkpoint_steps == 0) \
+                        or stop.received is not None
+                    if step % config.log_every == 0 or end_of_epoch or want_checkpoint:
+                        loss_value = interval_sum.item() / pending  # host sync, once per log interval
+                        interval_sum.zero_()
+                        pending = 0
+                        if not math.isfinite(loss_value):
+                            raise ScdError(f"pretrain: the loss became non-finite by step {step} (epoch {epoch}); "
+                                           f"the last good checkpoint is {keeper.last}")
+                        step_log.write(step=step, loss=repr(loss_value))
+                        bar.set_postfix(loss=f"{loss_value:.3f}", lr=f"{lr_at(config, epoch):.3g}", epoch=epoch,
+                                        data=f"{data_s:.1f}s", compute=f"{compute_s:.1f}s")
+                    if want_checkpoint and not end_of_epoch:
+                        keeper.save(state(), step)
+                    if stop.received is not None and not end_of_epoch:
+                        raise Interrupted(stop.received, step, keeper.last)
+                epoch_loss = epoch_sum.item() / (steps_per_epoch - first)
+                elapsed = time.perf_counter() - epoch_start
+                metrics.write(epoch=epoch, step=step, loss=f"{epoch_loss:.6f}", lr=f"{lr_at(config, epoch):.6g}",
+                              samples_per_s=f"{(steps_per_epoch - first) * config.batch_size / elapsed:.1f}",
+                              data_s=f"{data_s:.3f}", compute_s=f"{compute_s:.3f}")
+                if epoch_loss < best:
+                    best = epoch_loss
+                    keeper.save_best(state(epoch_loss))
+                if (epoch + 1) % config.checkpoint_every == 0 or epoch + 1 == config.epochs \
+                        or want_checkpoint:
+                    keeper.save(state(epoch_loss), step)
+                if stop.received is not None and epoch + 1 < config.epochs:
+                    raise Interrupted(stop.received, step, keeper.last)
     finally:
         bar.close()
         metrics.close()
-    return PretrainResult(checkpoint=checkpoint, final_loss=loss_value, steps=step,
+        step_log.close()
+    return PretrainResult(checkpoint=keeper.last, final_loss=loss_value, steps=step,
                           seconds=time.perf_counter() - start)
+
+
+class Interrupted(Exception):
+    """SIGINT/SIGTERM stopped the run at a step boundary, after writing a checkpoint."""
+
+    def __init__(self, signum: int, step: int, checkpoint: str):
+        super().__init__(f"stopped by {signal.Signals(signum).name} after step {step}; checkpoint {checkpoint} "
+                         f"(continue with --resume)")
+        self.signum = signum

@@ -17,7 +17,7 @@ _UMASK = os.umask(0)
 os.umask(_UMASK)
 
 
-def _atomic_write(path: str, write: Callable[[Any], None], mode: str = "wb") -> None:
+def atomic_write(path: str, write: Callable[[Any], None], mode: str = "wb") -> None:
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
@@ -35,11 +35,11 @@ def _atomic_write(path: str, write: Callable[[Any], None], mode: str = "wb") -> 
 
 
 def save_checkpoint(obj: dict, path: str) -> None:
-    _atomic_write(path, lambda f: torch.save(obj, f))
+    atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def save_json(obj: dict, path: str) -> None:
-    _atomic_write(path, lambda f: json.dump(obj, f, indent=2, sort_keys=True), mode="w")
+    atomic_write(path, lambda f: json.dump(obj, f, indent=2, sort_keys=True), mode="w")
 
 
 def prepare_run_dir(run_dir: str | None, command: str) -> str:
