@@ -66,6 +66,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also checkpoint every this many steps (default: at epoch ends only)")
     p.add_argument("--keep-last", type=int, help="step checkpoints to keep besides best.pt and last.pt (default 3)")
     p.add_argument("--log-every", type=int, help="steps between loss reads and steps.csv rows (default 10)")
+    p.add_argument("--compile", choices=("auto", "off", "default", "reduce-overhead", "max-autotune"),
+                   help="torch.compile mode of both encoders (default auto: 'default' on CUDA, off on the CPU)")
+    p.add_argument("--precision", choices=("auto", "fp32", "bf16"),
+                   help="default auto: bf16 autocast on CUDA, fp32 on the CPU")
+    p.add_argument("--bn", choices=("auto", "local", "shuffle", "sync"),
+                   help="BatchNorm across torchrun ranks: auto (shuffle-BN when distributed, default), local, "
+                        "shuffle, or sync (SyncBatchNorm, CUDA only)")
     p.add_argument("--augment", choices=("batched", "reference"), default="batched",
                    help="view generation: 'batched' Numba kernels on the training device (default) or the "
                         "per-sample NumPy 'reference'")
@@ -111,7 +118,7 @@ def _run_pretrain(args: argparse.Namespace) -> None:
         model_config = preset(args.preset, SCDConfig)
         config = preset(args.preset, PretrainConfig, representation=args.representation, augment=args.augment,
                         **_overrides(args, ("epochs", "batch_size", "lr", "seed", "checkpoint_steps", "keep_last",
-                                            "log_every")))
+                                            "log_every", "compile", "precision", "bn")))
         run_dir = prepare_run_dir(args.run_dir, "pretrain")
         data = args.data if args.data == "synthetic" else os.path.abspath(args.data)
     device = resolve_device(args.device)
@@ -122,6 +129,7 @@ def _run_pretrain(args: argparse.Namespace) -> None:
                       data=data)
     print(f"done: {result.steps} steps in {result.seconds:.0f} s, final loss {result.final_loss:.4f}; "
           f"checkpoint {result.checkpoint}")
+    print(f"throughput: {result.report()}")
 
 
 def _encoders(args: argparse.Namespace, num_classes: int):

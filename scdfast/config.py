@@ -122,6 +122,14 @@ class PretrainConfig(_Presets):
     """Step checkpoints kept (best.pt and last.pt are kept besides)."""
     log_every: int = 10
     """Steps between host reads of the loss (progress bar, steps.csv, the non-finite guard)."""
+    compile: str = "auto"
+    """torch.compile mode of both encoders: auto (default mode on CUDA, off on the CPU), off,
+    default, reduce-overhead, max-autotune."""
+    precision: str = "auto"
+    """auto (bf16 autocast on CUDA, fp32 on the CPU), fp32 or bf16."""
+    bn: str = "auto"
+    """BatchNorm across ranks under torchrun: auto (shuffle when distributed), local, shuffle
+    (MoCo's shuffle-BN for the key encoder) or sync (SyncBatchNorm, CUDA)."""
 
     def __post_init__(self) -> None:
         if min(self.checkpoint_every, self.keep_last, self.log_every) < 1 or self.checkpoint_steps < 0:

@@ -104,6 +104,7 @@ def test_scd_loss_single_launch_equals_reference(n, k, d, normalize):
 
 def test_scd_pass_is_one_launch_of_four_terms():
     from scdfast.kernels.infonce import scd_pass
+
     from scdfast.losses.reference import scd_terms
     n, k, d = 9, 70, 32
     queries, keys, queues = [unit(n, d) for _ in range(3)], [unit(n, d) for _ in range(3)], [unit(k, d) for _ in range(3)]

@@ -104,14 +104,14 @@ def test_sigterm_writes_a_checkpoint_and_exits_cleanly(dataset, tmp_path):
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(dataset, tmp_path, monkeypatch, capsys):
-    import scdfast.train.pretrain as pretrain_module
-    real, calls = pretrain_module.scd_loss, []
+    import scdfast.train.step as step_module
+    real, calls = step_module.scd_loss, []
 
     def poisoned(*args, **kwargs):
         calls.append(1)
         loss = real(*args, **kwargs)
         return loss * float("nan") if len(calls) == 5 else loss
-    monkeypatch.setattr(pretrain_module, "scd_loss", poisoned)
+    monkeypatch.setattr(step_module, "scd_loss", poisoned)
     run = tmp_path / "run"
     assert main(_args(dataset, run)) == 2
     assert "non-finite by step 5" in capsys.readouterr().err
@@ -120,7 +120,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(dataset, tmp_p
 
 
 def test_full_disk_while_saving_loses_no_checkpoint(dataset, tmp_path, monkeypatch, capsys):
-    import scdfast.train.rundir as rundir
+    from scdfast.train import rundir
     real_save, saves = torch.save, []
 
     def disk_fills(obj, f, *args, **kwargs):

@@ -172,14 +172,20 @@ class BatchAugmenter:
                                f"is outside [1, {shape[2]}]")
 
     # ---- the two launches -----------------------------------------------------------------
-    def plan(self, num_frames, index, step: int) -> ViewPlan:
-        """Draw every view's parameters for batch `step` (one thread per view)."""
+    def plan(self, num_frames, index, step: int, view_ids=None) -> ViewPlan:
+        """Draw every view's parameters for batch `step` (one thread per view). View i draws
+        from the generator's stream view_ids[i] (default i): a rank of a multi-process run
+        passes the ids its views have in the global batch."""
         device = _device_of(index)
         views = index.shape[0]
         out = ViewPlan.empty(views, self.num_joints, device)
         _, _, scores = self._constants(device)
+        if view_ids is None:
+            view_ids = torch.arange(views, dtype=torch.int64, device=device)
+        elif view_ids.shape != (views,):
+            raise ScdError(f"augment: view_ids has shape {tuple(view_ids.shape)}, expected ({views},)")
         self._launch(fused.plan_cuda, fused.plan_cpu, views, device,
-                     (batch_key(self.seed, step), num_frames, index, self.window, *self.crop_ratio,
+                     (batch_key(self.seed, step), num_frames, index, view_ids, self.window, *self.crop_ratio,
                       self.probability, scores, MASKED_JOINTS, *out.arrays()))
         return out
 
@@ -194,9 +200,9 @@ class BatchAugmenter:
                       plan.segment_mask, perm, parent, self.representation, out))
         return out
 
-    def __call__(self, data, num_frames, index, step: int, validate: bool = True) -> torch.Tensor:
+    def __call__(self, data, num_frames, index, step: int, validate: bool = True, view_ids=None) -> torch.Tensor:
         self.check(data, num_frames, index, validate_values=validate)
-        return self.render(data, index, self.plan(num_frames, index, step))
+        return self.render(data, index, self.plan(num_frames, index, step, view_ids))
 
     def _launch(self, cuda_kernel, cpu_kernel, threads: int, device: torch.device, args: tuple) -> None:
         args = tuple(_kernel_array(a) for a in args)

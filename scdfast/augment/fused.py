@@ -57,12 +57,12 @@ def _build(device_jit, kernel_jit, parallel_range, on_gpu):
             mat[b, 3 * j + k] = -s * ri + c * rj
 
     @device_jit
-    def plan_one(key, b, nf, window, ratio_lo, ratio_hi, probability, scores, num_masked,
+    def plan_one(key, b, vid, nf, window, ratio_lo, ratio_hi, probability, scores, num_masked,
                  start, length, degrees, shear, matrix, flip, seeds, joint_mask, segment_mask):
         # temporal crop: L = min(max(floor(nf * r), window), nf), start ~ U{0 .. nf - L}
-        r = ratio_lo + (ratio_hi - ratio_lo) * uniform(key, b, SLOT_RATIO)
+        r = ratio_lo + (ratio_hi - ratio_lo) * uniform(key, vid, SLOT_RATIO)
         crop = min(max(math.floor(nf * r), window), nf)
-        first = min(int(uniform(key, b, SLOT_START) * (nf - crop + 1)), nf - crop)
+        first = min(int(uniform(key, vid, SLOT_START) * (nf - crop + 1)), nf - crop)
         start[b] = first
         length[b] = crop
         for k in range(9):
@@ -71,12 +71,12 @@ def _build(device_jit, kernel_jit, parallel_range, on_gpu):
             degrees[b, axis] = 0.0
         for k in range(6):
             shear[b, k] = 0.0
-        if uniform(key, b, SLOT_ROTATE) < probability:
+        if uniform(key, vid, SLOT_ROTATE) < probability:
             # one main axis gets U[0, 30] degrees, the other two U[0, 1]; about x, then y, then z
-            main = min(int(uniform(key, b, SLOT_AXIS) * 3.0), 2)
+            main = min(int(uniform(key, vid, SLOT_AXIS) * 3.0), 2)
             for axis in range(3):
                 top = 30.0 if axis == main else 1.0
-                degrees[b, axis] = top * uniform(key, b, SLOT_DEGREES + axis)
+                degrees[b, axis] = top * uniform(key, vid, SLOT_DEGREES + axis)
                 angle = math.pi / 180.0 * degrees[b, axis]
                 c = math.cos(angle)
                 s = math.sin(angle)
@@ -86,11 +86,11 @@ def _build(device_jit, kernel_jit, parallel_range, on_gpu):
                     rotate_rows(matrix, b, 0, 2, c, -s)
                 else:
                     rotate_rows(matrix, b, 0, 1, c, s)
-        flip[b] = 1 if uniform(key, b, SLOT_FLIP) < probability else 0
-        if uniform(key, b, SLOT_SHEAR) < probability:
+        flip[b] = 1 if uniform(key, vid, SLOT_FLIP) < probability else 0
+        if uniform(key, vid, SLOT_SHEAR) < probability:
             # ones on the diagonal, the six off-diagonals U[-1, 1] in row-major order
             for k in range(6):
-                shear[b, k] = 2.0 * uniform(key, b, SLOT_SHEAR_VALUES + k) - 1.0
+                shear[b, k] = 2.0 * uniform(key, vid, SLOT_SHEAR_VALUES + k) - 1.0
             s01 = shear[b, 0]
             s02 = shear[b, 1]
             s10 = shear[b, 2]
@@ -107,9 +107,9 @@ def _build(device_jit, kernel_jit, parallel_range, on_gpu):
         num_joints = joint_mask.shape[1]
         for v in range(num_joints):
             joint_mask[b, v] = 0
-        spatial = uniform(key, b, SLOT_SPATIAL) < probability
+        spatial = uniform(key, vid, SLOT_SPATIAL) < probability
         for k in range(MASK_SEED_JOINTS):
-            seeds[b, k] = min(int(uniform(key, b, SLOT_SEEDS + k) * num_joints), num_joints - 1)
+            seeds[b, k] = min(int(uniform(key, vid, SLOT_SEEDS + k) * num_joints), num_joints - 1)
         if spatial:
             # the num_masked joints of highest summed score; ties go to the higher index
             for v in range(num_joints):
@@ -126,9 +126,9 @@ def _build(device_jit, kernel_jit, parallel_range, on_gpu):
                 if above < num_masked:
                     joint_mask[b, v] = 1
         # temporal mask: a uniform 6-subset of the 16 segments by selection sampling
-        needed = MASKED_SEGMENTS if uniform(key, b, SLOT_TEMPORAL) < probability else 0
+        needed = MASKED_SEGMENTS if uniform(key, vid, SLOT_TEMPORAL) < probability else 0
         for s in range(TEMPORAL_SEGMENTS):
-            pick = needed > 0 and uniform(key, b, SLOT_SEGMENTS + s) * (TEMPORAL_SEGMENTS - s) < needed
+            pick = needed > 0 and uniform(key, vid, SLOT_SEGMENTS + s) * (TEMPORAL_SEGMENTS - s) < needed
             segment_mask[b, s] = 1 if pick else 0
             if pick:
                 needed -= 1
@@ -195,10 +195,10 @@ def _build(device_jit, kernel_jit, parallel_range, on_gpu):
 
     if not on_gpu:
         @kernel_jit
-        def plan(key, num_frames, index, window, ratio_lo, ratio_hi, probability, scores, num_masked,
+        def plan(key, num_frames, index, view_ids, window, ratio_lo, ratio_hi, probability, scores, num_masked,
                  start, length, degrees, shear, matrix, flip, seeds, joint_mask, segment_mask):
             for b in parallel_range(index.shape[0]):
-                plan_one(key, b, num_frames[index[b]], window, ratio_lo, ratio_hi, probability, scores,
+                plan_one(key, b, view_ids[b], num_frames[index[b]], window, ratio_lo, ratio_hi, probability, scores,
                          num_masked, start, length, degrees, shear, matrix, flip, seeds, joint_mask,
                          segment_mask)
 
@@ -212,11 +212,11 @@ def _build(device_jit, kernel_jit, parallel_range, on_gpu):
                             representation, b, job - b * window, 0, num_joints, 0, bodies, out)
     else:
         @kernel_jit
-        def plan(key, num_frames, index, window, ratio_lo, ratio_hi, probability, scores, num_masked,
+        def plan(key, num_frames, index, view_ids, window, ratio_lo, ratio_hi, probability, scores, num_masked,
                  start, length, degrees, shear, matrix, flip, seeds, joint_mask, segment_mask):
             b = cuda.grid(1)
             if b < index.shape[0]:
-                plan_one(key, b, num_frames[index[b]], window, ratio_lo, ratio_hi, probability, scores,
+                plan_one(key, b, view_ids[b], num_frames[index[b]], window, ratio_lo, ratio_hi, probability, scores,
                          num_masked, start, length, degrees, shear, matrix, flip, seeds, joint_mask,
                          segment_mask)
 

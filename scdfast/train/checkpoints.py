@@ -35,8 +35,9 @@ def restore_random_states(states: dict) -> None:
 
 
 class CheckpointKeeper:
-    def __init__(self, directory: str, keep_last: int = 3):
+    def __init__(self, directory: str, keep_last: int = 3, enabled: bool = True):
         self.directory, self.keep_last = directory, max(1, keep_last)
+        self.enabled = enabled  # False on ranks other than 0: one writer per run
         os.makedirs(directory, exist_ok=True)
 
     @property
@@ -55,6 +56,8 @@ class CheckpointKeeper:
 
     def save(self, state: dict, step: int) -> str:
         path = os.path.join(self.directory, f"step-{step:08d}.pt")
+        if not self.enabled:
+            return path
         self._write(state, path)
         self._point_last_at(path)
         for old in self.step_files()[:-self.keep_last]:
@@ -62,7 +65,8 @@ class CheckpointKeeper:
         return path
 
     def save_best(self, state: dict) -> None:
-        self._write(state, self.best)
+        if self.enabled:
+            self._write(state, self.best)
 
     @staticmethod
     def _write(state: dict, path: str) -> None:

@@ -8,6 +8,7 @@ device and read every `log_every` steps.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import math
 import os
 import signal
@@ -26,14 +27,15 @@ from scdfast.config import PretrainConfig, SCDConfig, step_lr, to_dict
 from scdfast.data import SkeletonSet
 from scdfast.data.resident import ResidentData
 from scdfast.errors import ScdError
-from scdfast.losses import scd_loss
 from scdfast.models import SCDNet
 from scdfast.train.checkpoints import (
     CheckpointKeeper,
     random_states,
     restore_random_states,
 )
+from scdfast.train.distributed import Distributed
 from scdfast.train.rundir import MetricsCSV, atomic_write, save_json
+from scdfast.train.step import PretrainStep
 
 CHECKPOINT_FORMAT = "scdfast-pretrain-v1"
 METRIC_FIELDS = ["epoch", "step", "loss", "lr", "samples_per_s", "data_s", "compute_s"]
@@ -45,6 +47,23 @@ class PretrainResult:
     final_loss: float
     steps: int
     seconds: float
+    samples_per_s: float = 0.0   # this run's steps (not those before a resume)
+    data_s: float = 0.0          # host time making views (on CUDA: launching them)
+    compute_s: float = 0.0       # host time in steps (on CUDA the device may run behind it)
+    peak_memory_bytes: int = 0   # CUDA: the allocator's peak; CPU: the process's peak RSS
+
+    def report(self) -> str:
+        total = max(self.data_s + self.compute_s, 1e-9)
+        return (f"{self.samples_per_s:.1f} samples/s; time in views {self.data_s:.1f} s "
+                f"({100 * self.data_s / total:.0f}%), in steps {self.compute_s:.1f} s; "
+                f"peak memory {self.peak_memory_bytes / 2**20:.0f} MiB")
+
+
+def _peak_memory(device: torch.device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device)
+    import resource
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
 
 
 def lr_at(config: PretrainConfig, epoch: int) -> float:
@@ -83,8 +102,13 @@ class ViewSource:
         else:
             self.rng = np.random.default_rng(config.seed)
 
-    def __call__(self, index: np.ndarray, step: int) -> tuple[torch.Tensor, torch.Tensor]:
-        index = np.sort(index)  # sorted reads are kinder to a memory-mapped array
+    def __call__(self, batch_index: np.ndarray, step: int,
+                 shard: tuple[int, int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Views of the global batch `batch_index`, or of its samples [lo, hi) for one rank;
+        a rank's views draw the random streams they have in the single-process batch."""
+        everything = np.sort(batch_index)  # sorted reads are kinder to a memory-mapped array
+        lo, hi = shard or (0, len(everything))
+        index = everything[lo:hi]
         if self.config.augment == "reference":
             q, k = reference_views(self.train, index, self.rng, self.model_config, self.config)
             return (torch.from_numpy(q).to(self.device, non_blocking=True),
@@ -92,7 +116,11 @@ class ViewSource:
         batch = self.resident.batch(index)
         both = (torch.cat([batch.index, batch.index]) if isinstance(batch.index, torch.Tensor)
                 else np.concatenate([batch.index, batch.index]))
-        views = self.augmenter(batch.data, batch.num_frames, both, step, validate=False)
+        positions = np.arange(lo, hi)
+        view_ids = torch.from_numpy(np.concatenate([positions, len(everything) + positions]))
+        if isinstance(batch.index, torch.Tensor):
+            view_ids = view_ids.to(batch.index.device, non_blocking=True)
+        views = self.augmenter(batch.data, batch.num_frames, both, step, validate=False, view_ids=view_ids)
         views = views.to(self.device, non_blocking=True)
         return views[: len(index)], views[len(index):]
 
@@ -100,20 +128,6 @@ class ViewSource:
 def epoch_order(seed: int, epoch: int, num_samples: int) -> np.ndarray:
     """The sample order of one epoch, a function of (seed, epoch) alone."""
     return np.random.default_rng([seed, epoch]).permutation(num_samples)
-
-
-def pretrain_step(model: SCDNet, optimizer: torch.optim.Optimizer, query_view: torch.Tensor,
-                  key_view: torch.Tensor) -> torch.Tensor:
-    """One MoCo step; returns the loss as a device tensor (no host sync)."""
-    model.momentum_update()
-    keys = model.encode_keys(key_view)
-    queries = model.encode_queries(query_view)
-    loss = scd_loss(queries, keys, model.queues, model.config.temperature, check_finite=False)
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
-    model.enqueue(keys)
-    return loss.detach()
 
 
 class StopSignals:
@@ -132,6 +146,10 @@ class StopSignals:
 
     def _handle(self, signum, _frame) -> None:
         self.received = signum
+
+    def agree(self, distributed: Distributed, device: torch.device) -> None:
+        """Share a signal any rank received, so all ranks stop together."""
+        self.received = distributed.max_int(self.received or 0, device) or None
 
     def __exit__(self, *_exc) -> None:
         for sig, handler in self._previous.items():
@@ -173,12 +191,23 @@ def pretrain(model_config: SCDConfig, config: PretrainConfig, train: SkeletonSet
     checkpoint stopped: the same data order, views, dropout and optimiser state follow."""
     steps_per_epoch = _check_sizes(model_config, config, train)
     total = steps_per_epoch * config.epochs
+    distributed = Distributed.from_env(device.type)
+    if distributed is not None and device.type == "cuda":
+        device = torch.device("cuda", distributed.local_rank)
+        torch.cuda.set_device(device)
+    shard = distributed.shard(config.batch_size) if distributed is not None else None
+    main_process = distributed is None or distributed.is_main
     torch.manual_seed(config.seed)
     views = ViewSource(train, model_config, config, device)
     model = SCDNet(model_config).to(device)
+    if distributed is not None:  # dropout differs across ranks; the weights above do not
+        torch.manual_seed(config.seed * 7919 + distributed.rank + 1)
     optimizer = torch.optim.SGD(model.query_encoder.parameters(), lr=config.lr, momentum=config.sgd_momentum,
                                 weight_decay=config.weight_decay)
-    keeper = CheckpointKeeper(os.path.join(run_dir, "checkpoints"), config.keep_last)
+    bn = config.bn if config.bn != "auto" else ("shuffle" if distributed is not None else "local")
+    run_step = PretrainStep(model, optimizer, device, config.compile, config.precision, distributed, bn,
+                            seed=config.seed)
+    keeper = CheckpointKeeper(os.path.join(run_dir, "checkpoints"), config.keep_last, enabled=main_process)
     step, best = 0, math.inf
     if resume is not None:
         model.load_state_dict(resume["model"])
@@ -189,11 +218,11 @@ def pretrain(model_config: SCDConfig, config: PretrainConfig, train: SkeletonSet
         step, best = resume["step"], resume.get("best_loss", math.inf)
         _truncate_csv(os.path.join(run_dir, "steps.csv"), "step", step)
         _truncate_csv(os.path.join(run_dir, "metrics.csv"), "step", step)
-    else:
+    elif main_process:
         save_json({"command": "pretrain", "data": data, "model": to_dict(model_config), "pretrain": to_dict(config),
                    "device": str(device), "train_samples": len(train)}, os.path.join(run_dir, "config.json"))
-    metrics = MetricsCSV(os.path.join(run_dir, "metrics.csv"), METRIC_FIELDS)
-    step_log = MetricsCSV(os.path.join(run_dir, "steps.csv"), ["step", "loss"])
+    metrics = MetricsCSV(os.path.join(run_dir, "metrics.csv"), METRIC_FIELDS, enabled=main_process)
+    step_log = MetricsCSV(os.path.join(run_dir, "steps.csv"), ["step", "loss"], enabled=main_process)
 
     def state(epoch_loss: float | None = None) -> dict:
         return {"format": CHECKPOINT_FORMAT, "model_config": to_dict(model_config),
@@ -202,7 +231,9 @@ def pretrain(model_config: SCDConfig, config: PretrainConfig, train: SkeletonSet
                 "reference_rng": views.rng.bit_generator.state if config.augment == "reference" else None,
                 "best_loss": best, "epoch_loss": epoch_loss}
 
-    bar = tqdm(total=total, initial=step, desc="pretrain", unit="step", disable=not progress, dynamic_ncols=True)
+    first_step, data_total, compute_total = step, 0.0, 0.0
+    bar = tqdm(total=total, initial=step, desc="pretrain", unit="step", disable=not (progress and main_process),
+               dynamic_ncols=True)
     loss_value, start = math.nan, time.perf_counter()
     model.train()
     try:
@@ -219,20 +250,26 @@ def pretrain(model_config: SCDConfig, config: PretrainConfig, train: SkeletonSet
                 epoch_start = time.perf_counter()
                 for b in range(first, steps_per_epoch):
                     t0 = time.perf_counter()
-                    q_view, k_view = views(order[b * config.batch_size:(b + 1) * config.batch_size], step)
+                    q_view, k_view = views(order[b * config.batch_size:(b + 1) * config.batch_size], step, shard)
                     t1 = time.perf_counter()
-                    loss = pretrain_step(model, optimizer, q_view, k_view)
+                    loss = run_step(q_view, k_view)
                     epoch_sum += loss
                     interval_sum += loss
                     pending += 1
                     step += 1
                     data_s += t1 - t0
                     compute_s += time.perf_counter() - t1
+                    data_total += t1 - t0
+                    compute_total += time.perf_counter() - t1
                     bar.update(1)
                     end_of_epoch = b == steps_per_epoch - 1
+                    if distributed is not None and step % config.log_every == 0:
+                        stop.agree(distributed, device)  # every rank stops at the same step
                     want_checkpoint = (config.checkpoint_steps and step % config.checkpoint_steps == 0) \
                         or stop.received is not None
                     if step % config.log_every == 0 or end_of_epoch or want_checkpoint:
+                        if distributed is not None:  # the logged loss is the mean over ranks
+                            interval_sum = distributed.mean(interval_sum)
                         loss_value = interval_sum.item() / pending  # host sync, once per log interval
                         interval_sum.zero_()
                         pending = 0
@@ -246,6 +283,8 @@ def pretrain(model_config: SCDConfig, config: PretrainConfig, train: SkeletonSet
                         keeper.save(state(), step)
                     if stop.received is not None and not end_of_epoch:
                         raise Interrupted(stop.received, step, keeper.last)
+                if distributed is not None:
+                    epoch_sum = distributed.mean(epoch_sum)
                 epoch_loss = epoch_sum.item() / (steps_per_epoch - first)
                 elapsed = time.perf_counter() - epoch_start
                 metrics.write(epoch=epoch, step=step, loss=f"{epoch_loss:.6f}", lr=f"{lr_at(config, epoch):.6g}",
@@ -263,8 +302,13 @@ def pretrain(model_config: SCDConfig, config: PretrainConfig, train: SkeletonSet
         bar.close()
         metrics.close()
         step_log.close()
-    return PretrainResult(checkpoint=keeper.last, final_loss=loss_value, steps=step,
-                          seconds=time.perf_counter() - start)
+    seconds = time.perf_counter() - start
+    result = PretrainResult(checkpoint=keeper.last, final_loss=loss_value, steps=step, seconds=seconds,
+                            samples_per_s=(step - first_step) * config.batch_size / max(seconds, 1e-9),
+                            data_s=data_total, compute_s=compute_total, peak_memory_bytes=_peak_memory(device))
+    if main_process:
+        save_json(dataclasses.asdict(result), os.path.join(run_dir, "report.json"))
+    return result
 
 
 class Interrupted(Exception):

@@ -7,7 +7,8 @@ import json
 import os
 import tempfile
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -55,8 +56,10 @@ def prepare_run_dir(run_dir: str | None, command: str) -> str:
 class MetricsCSV:
     """Append-only CSV, one row per call, flushed at once so a crash keeps every row."""
 
-    def __init__(self, path: str, fields: list[str]):
-        self.path, self.fields = path, fields
+    def __init__(self, path: str, fields: list[str], enabled: bool = True):
+        self.path, self.fields, self.enabled = path, fields, enabled
+        if not enabled:  # a rank other than 0 of a multi-process run writes nothing
+            return
         new = not os.path.exists(path) or os.path.getsize(path) == 0
         self._file = open(path, "a", newline="")
         self._writer = csv.DictWriter(self._file, fieldnames=fields)
@@ -65,8 +68,10 @@ class MetricsCSV:
             self._file.flush()
 
     def write(self, **row) -> None:
-        self._writer.writerow(row)
-        self._file.flush()
+        if self.enabled:
+            self._writer.writerow(row)
+            self._file.flush()
 
     def close(self) -> None:
-        self._file.close()
+        if self.enabled:
+            self._file.close()

@@ -1,0 +1,98 @@
+"""One pretraining step, built once for throughput: compiled encoders, bf16 autocast on CUDA,
+the fused loss, multi-tensor momentum update, device-side enqueue, and under torchrun the
+key gather (and optionally shuffle-BN) that keeps every rank's queues identical.
+
+Nothing here reads a value back to the host: the step returns the loss as a device tensor.
+"""
+from __future__ import annotations
+
+import contextlib
+
+import torch
+import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
+
+from scdfast.errors import ScdError
+from scdfast.losses import scd_loss
+from scdfast.models import SCDNet
+from scdfast.train.distributed import Distributed
+
+COMPILE_MODES = ("auto", "off", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+PRECISIONS = ("auto", "fp32", "bf16")
+BN_MODES = ("local", "shuffle", "sync")
+
+
+def resolve_compile(mode: str, device: torch.device) -> str | None:
+    """`auto`: the default inductor mode on CUDA (stable with the fused loss's custom op);
+    off on the CPU, where compiling costs more time than a short run saves."""
+    if mode not in COMPILE_MODES:
+        raise ScdError(f"compile={mode!r}: choose one of {', '.join(COMPILE_MODES)}")
+    if mode == "auto":
+        return "default" if device.type == "cuda" else None
+    return None if mode == "off" else mode
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    if precision not in PRECISIONS:
+        raise ScdError(f"precision={precision!r}: choose one of {', '.join(PRECISIONS)}")
+    if precision == "auto":
+        return "bf16" if device.type == "cuda" else "fp32"
+    return precision
+
+
+class PretrainStep:
+    def __init__(self, model: SCDNet, optimizer: torch.optim.Optimizer, device: torch.device,
+                 compile_mode: str = "auto", precision: str = "auto", distributed: Distributed | None = None,
+                 bn_mode: str = "local", seed: int = 0):
+        if bn_mode not in BN_MODES:
+            raise ScdError(f"bn={bn_mode!r}: choose one of {', '.join(BN_MODES)}")
+        if bn_mode != "local" and distributed is None:
+            raise ScdError(f"bn={bn_mode!r} needs several processes (torchrun); one process uses local BN")
+        if bn_mode == "sync" and device.type != "cuda":
+            raise ScdError("bn='sync' (SyncBatchNorm) needs CUDA; use bn='shuffle' on the CPU")
+        self.model, self.optimizer, self.distributed, self.bn_mode = model, optimizer, distributed, bn_mode
+        query = model.query_encoder
+        key = model.key_encoder
+        if bn_mode == "sync":
+            query = torch.nn.SyncBatchNorm.convert_sync_batchnorm(query)
+            key = torch.nn.SyncBatchNorm.convert_sync_batchnorm(key)
+            model.query_encoder, model.key_encoder = query, key
+        if distributed is not None:
+            query = DistributedDataParallel(query, device_ids=[device.index] if device.type == "cuda" else None)
+        mode = resolve_compile(compile_mode, device)
+        if mode is not None:
+            query, key = torch.compile(query, mode=mode), torch.compile(key, mode=mode)
+        self.query, self.key = query, key
+        self.precision = resolve_precision(precision, device)
+        self.device = device
+        # shuffle-BN draws its permutation from a generator in step on every rank
+        self.shuffle_generator = torch.Generator().manual_seed(seed)
+
+    def _autocast(self):
+        if self.precision == "bf16":
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def _encode_keys(self, view: torch.Tensor) -> tuple:
+        with self._autocast():
+            return tuple(F.normalize(z.float(), dim=1) for z in self.key(view))
+
+    def __call__(self, query_view: torch.Tensor, key_view: torch.Tensor) -> torch.Tensor:
+        model = self.model
+        model.momentum_update()
+        with torch.no_grad():
+            if self.bn_mode == "shuffle":
+                keys = self.distributed.shuffled_keys(self._encode_keys, key_view, self.shuffle_generator)
+            else:
+                keys = self._encode_keys(key_view)
+        with self._autocast():
+            projections = self.query(query_view)
+        queries = tuple(F.normalize(z.float(), dim=1) for z in projections)
+        loss = scd_loss(queries, keys, model.queues, model.config.temperature, check_finite=False)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        if self.distributed is not None:
+            keys = tuple(self.distributed.gather(k) for k in keys)
+        model.enqueue(keys)
+        return loss.detach()
