@@ -29,9 +29,9 @@ from scdfast.losses import infonce, nt_xent, scd_loss
 from scdfast.losses.reference import infonce_ref, nt_xent_ref, scd_loss_ref
 
 CASES = {
-    "scd": dict(n=64, d=128, k=8192),
-    "moco": dict(n=4096, d=128, k=65536),
-    "ntxent": dict(n=16384, d=128, k=0),
+    "scd": {"n": 64, "d": 128, "k": 8192},
+    "moco": {"n": 4096, "d": 128, "k": 65536},
+    "ntxent": {"n": 16384, "d": 128, "k": 0},
 }
 
 

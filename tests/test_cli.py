@@ -40,6 +40,10 @@ def test_pretrain_writes_the_run_directory(pretrained):
     assert rows[0].startswith("epoch,step,loss") and len(rows) == 2
     assert (pretrained / "checkpoints" / "last.pt").is_file()
     assert not [p for p in os.listdir(pretrained / "checkpoints") if p.startswith(".tmp")]
+    assert (pretrained / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert any(name.startswith("events.out.tfevents") for name in os.listdir(pretrained / "tensorboard"))
+    report = json.loads((pretrained / "report.json").read_text())
+    assert report["steps"] == 3 and report["samples_per_s"] > 0 and report["peak_memory_bytes"] > 0
 
 
 @pytest.mark.parametrize("command", ["linear", "knn"])

@@ -34,6 +34,7 @@ from scdfast.train.checkpoints import (
     restore_random_states,
 )
 from scdfast.train.distributed import Distributed
+from scdfast.train.plots import plot_curves
 from scdfast.train.rundir import MetricsCSV, atomic_write, save_json
 from scdfast.train.step import PretrainStep
 
@@ -57,6 +58,15 @@ class PretrainResult:
         return (f"{self.samples_per_s:.1f} samples/s; time in views {self.data_s:.1f} s "
                 f"({100 * self.data_s / total:.0f}%), in steps {self.compute_s:.1f} s; "
                 f"peak memory {self.peak_memory_bytes / 2**20:.0f} MiB")
+
+
+def _tensorboard(run_dir: str):
+    """A TensorBoard writer for run_dir/tensorboard, or None where tensorboard is missing."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        return None
+    return SummaryWriter(os.path.join(run_dir, "tensorboard"))
 
 
 def _peak_memory(device: torch.device) -> int:
@@ -222,6 +232,7 @@ def pretrain(model_config: SCDConfig, config: PretrainConfig, train: SkeletonSet
         save_json({"command": "pretrain", "data": data, "model": to_dict(model_config), "pretrain": to_dict(config),
                    "device": str(device), "train_samples": len(train)}, os.path.join(run_dir, "config.json"))
     metrics = MetricsCSV(os.path.join(run_dir, "metrics.csv"), METRIC_FIELDS, enabled=main_process)
+    board = _tensorboard(run_dir) if main_process else None
     step_log = MetricsCSV(os.path.join(run_dir, "steps.csv"), ["step", "loss"], enabled=main_process)
 
     def state(epoch_loss: float | None = None) -> dict:
@@ -277,6 +288,9 @@ def pretrain(model_config: SCDConfig, config: PretrainConfig, train: SkeletonSet
                             raise ScdError(f"pretrain: the loss became non-finite by step {step} (epoch {epoch}); "
                                            f"the last good checkpoint is {keeper.last}")
                         step_log.write(step=step, loss=repr(loss_value))
+                        if board is not None:
+                            board.add_scalar("loss/step", loss_value, step)
+                            board.add_scalar("lr", lr_at(config, epoch), step)
                         bar.set_postfix(loss=f"{loss_value:.3f}", lr=f"{lr_at(config, epoch):.3g}", epoch=epoch,
                                         data=f"{data_s:.1f}s", compute=f"{compute_s:.1f}s")
                     if want_checkpoint and not end_of_epoch:
@@ -287,6 +301,9 @@ def pretrain(model_config: SCDConfig, config: PretrainConfig, train: SkeletonSet
                     epoch_sum = distributed.mean(epoch_sum)
                 epoch_loss = epoch_sum.item() / (steps_per_epoch - first)
                 elapsed = time.perf_counter() - epoch_start
+                if board is not None:
+                    board.add_scalar("loss/epoch", epoch_loss, step)
+                    board.add_scalar("samples_per_s", (steps_per_epoch - first) * config.batch_size / elapsed, step)
                 metrics.write(epoch=epoch, step=step, loss=f"{epoch_loss:.6f}", lr=f"{lr_at(config, epoch):.6g}",
                               samples_per_s=f"{(steps_per_epoch - first) * config.batch_size / elapsed:.1f}",
                               data_s=f"{data_s:.3f}", compute_s=f"{compute_s:.3f}")
@@ -302,6 +319,10 @@ def pretrain(model_config: SCDConfig, config: PretrainConfig, train: SkeletonSet
         bar.close()
         metrics.close()
         step_log.close()
+        if board is not None:
+            board.close()
+        if main_process:
+            plot_curves(run_dir)  # also after a crash or a stop: the figure of what ran
     seconds = time.perf_counter() - start
     result = PretrainResult(checkpoint=keeper.last, final_loss=loss_value, steps=step, seconds=seconds,
                             samples_per_s=(step - first_step) * config.batch_size / max(seconds, 1e-9),
