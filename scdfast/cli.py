@@ -92,6 +92,17 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     _encoder_source(p)
     p.add_argument("--k", type=int, default=1, help="neighbours that vote (default 1)")
+
+    p = commands.add_parser("prepare", help="convert a raw dataset download into a dataset directory",
+                            description="Read a dataset as its authors ship it and write the array directory "
+                                        "every command takes (--data DIR). Outputs appear only when complete.")
+    formats = p.add_subparsers(dest="format", required=True, metavar="FORMAT")
+    f = formats.add_parser("ucla", help="NW-UCLA: the all_sqe JSON files (cross-view: views 1+2 train, 3 test)")
+    f.add_argument("--raw", required=True, help="the folder of aAA_sSS_eEE_vVV.json files")
+    f.add_argument("--out", required=True, help="the dataset directory to write (replaced when complete)")
+    f.add_argument("--skip-bad", action="store_true",
+                   help="skip unreadable or malformed files, listing each and why in OUT/skipped.txt")
+    f.add_argument("--no-progress", action="store_true", help="no progress bars (for logs)")
     return parser
 
 
@@ -102,6 +113,7 @@ def _overrides(args: argparse.Namespace, names: tuple[str, ...]) -> dict:
 def _run_pretrain(args: argparse.Namespace) -> None:
     from scdfast.config import from_dict
     from scdfast.data import load_dataset
+    from scdfast.data.dataset import model_shape
     from scdfast.train.device import resolve_device
     from scdfast.train.pretrain import load_resume_state, pretrain
     from scdfast.train.rundir import prepare_run_dir
@@ -115,14 +127,15 @@ def _run_pretrain(args: argparse.Namespace) -> None:
         with open(os.path.join(run_dir, "config.json")) as f:
             data = json.load(f).get("data", args.data)
     else:
-        model_config = preset(args.preset, SCDConfig)
         config = preset(args.preset, PretrainConfig, representation=args.representation, augment=args.augment,
                         **_overrides(args, ("epochs", "batch_size", "lr", "seed", "checkpoint_steps", "keep_last",
                                             "log_every", "compile", "precision", "bn")))
-        run_dir = prepare_run_dir(args.run_dir, "pretrain")
         data = args.data if args.data == "synthetic" else os.path.abspath(args.data)
     device = resolve_device(args.device)
     train, _ = load_dataset(data, seed=config.seed)
+    if not args.resume:  # the dataset fixes joints, bodies and layout
+        model_config = preset(args.preset, SCDConfig, **model_shape(train))
+        run_dir = prepare_run_dir(args.run_dir, "pretrain")
     verb = f"resuming at step {resume['step']}" if resume else "pretraining"
     print(f"{verb} on {data} ({len(train)} samples) on {device}; run directory {run_dir}")
     result = pretrain(model_config, config, train, run_dir, device, progress=not args.no_progress, resume=resume,
@@ -132,16 +145,23 @@ def _run_pretrain(args: argparse.Namespace) -> None:
     print(f"throughput: {result.report()}")
 
 
-def _encoders(args: argparse.Namespace, num_classes: int):
+def _encoders(args: argparse.Namespace, num_classes: int, train):
     """(label, DownstreamEncoder, SCDConfig) for each encoder the command evaluates."""
+    from scdfast.data.dataset import model_shape
     from scdfast.models import DownstreamEncoder
     from scdfast.train.evaluate import load_encoder
 
+    shape = model_shape(train)
     if args.random_init:
-        config = preset(args.preset, SCDConfig)
+        config = preset(args.preset, SCDConfig, **shape)
         torch.manual_seed(args.seed)
         return [("random init", DownstreamEncoder(config, num_classes), config)]
     encoder, config = load_encoder(args.checkpoint, num_classes)
+    theirs = {"num_joints": config.num_joints, "num_bodies": config.num_bodies, "layout": config.layout}
+    if theirs != shape:
+        raise ScdError(f"--checkpoint {args.checkpoint}: the encoder takes {config.num_joints} joints x "
+                       f"{config.num_bodies} bodies (layout {config.skeleton.name}), the data "
+                       f"{shape['num_joints']} x {shape['num_bodies']} (layout {train.layout.name})")
     out = [("pretrained", encoder, config)]
     if args.random_baseline:
         torch.manual_seed(args.seed)
@@ -163,7 +183,7 @@ def _run_eval(args: argparse.Namespace) -> None:
     if args.command == "linear":
         linear = preset(args.preset, LinearConfig, **_overrides(args, ("epochs", "lr", "batch_size", "seed")))
     results = {}
-    for label, encoder, config in _encoders(args, classes):
+    for label, encoder, config in _encoders(args, classes, train):
         progress = not args.no_progress
         train_x = extract_features(encoder, train, config.window, device, progress=progress, desc=f"{label}: train features")
         test_x = extract_features(encoder, test, config.window, device, progress=progress, desc=f"{label}: test features")
@@ -187,11 +207,21 @@ def _run_eval(args: argparse.Namespace) -> None:
     metrics.close()
 
 
+def _run_prepare(args: argparse.Namespace) -> None:
+    from scdfast.data.prepare_ucla import prepare_ucla
+
+    counts = prepare_ucla(args.raw, args.out, skip_bad=args.skip_bad, progress=not args.no_progress)
+    print(f"wrote {args.out}: {counts['train']} training and {counts['val']} test sequences of up to "
+          f"{counts['frames']} frames" + (f"; skipped {counts['skipped']} (see skipped.txt)" if counts["skipped"] else ""))
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if args.command == "pretrain":
             _run_pretrain(args)
+        elif args.command == "prepare":
+            _run_prepare(args)
         else:
             _run_eval(args)
     except (ScdError, FileNotFoundError, PermissionError) as exc:

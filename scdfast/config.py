@@ -16,9 +16,11 @@ class SCDConfig:
     """SCD-Net's architecture and MoCo objective."""
 
     num_joints: int = 25
-    """V: joints per body (NTU layout)."""
+    """V: joints per body; must be the layout's."""
     num_bodies: int = 2
     """M: bodies per sample."""
+    layout: str | dict = "ntu25"
+    """The skeleton layout: a built-in name (ntu25, kinect20, sbu15) or a custom layout's fields."""
     in_channels: int = 3
     """C: coordinates per joint."""
     window: int = 64
@@ -57,6 +59,15 @@ class SCDConfig:
         for ok, message in checks:
             if not ok:
                 raise ScdError(f"SCDConfig: {message}")
+        if self.skeleton.num_joints != self.num_joints:
+            raise ScdError(f"SCDConfig: num_joints={self.num_joints} but layout {self.skeleton.name!r} has "
+                           f"{self.skeleton.num_joints} joints")
+
+    @property
+    def skeleton(self):
+        """The SkeletonLayout named by `layout`."""
+        from scdfast.data.layouts import get_layout
+        return get_layout(self.layout)
 
     @property
     def feedforward(self) -> int:
@@ -68,12 +79,12 @@ class SCDConfig:
         return 2 * self.d_model
 
     @classmethod
-    def paper(cls, **overrides) -> "SCDConfig":
+    def paper(cls, **overrides) -> SCDConfig:
         """The published configuration: 92,017,840 parameters per encoder."""
         return cls(**overrides)
 
     @classmethod
-    def tiny(cls, **overrides) -> "SCDConfig":
+    def tiny(cls, **overrides) -> SCDConfig:
         """A CPU-sized model: same structure, narrow layers, a short window and queue."""
         values = dict(window=32, gcn_channels=8, d_model=128, num_heads=4, proj_dim=64,
                       queue_size=1024, momentum=0.99)

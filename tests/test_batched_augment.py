@@ -210,3 +210,22 @@ def test_bad_input_is_refused_before_launch(rng, change, message):
     index = np.arange(4)
     with pytest.raises(ScdError, match=message):
         BatchAugmenter(32, backend="cpu")(*change(x, nf, index), step=0)
+
+
+@pytest.mark.parametrize("layout", ["kinect20", "sbu15"])
+@pytest.mark.parametrize("representation", ["joint", "bone"])
+def test_other_layouts_equal_reference(rng, layout, representation):
+    from scdfast.data.layouts import get_layout
+    skeleton = get_layout(layout)
+    x = rng.normal(size=(5, 3, 60, skeleton.num_joints, 1)).astype(np.float32)
+    nf = rng.integers(1, 61, size=5)
+    index = np.concatenate([np.arange(5), np.arange(5)])
+    draws = draw_views(rng, nf[index], 32, num_joints=skeleton.num_joints)
+    expected = make_views(x[index], draws, 32, representation, skeleton)
+    for backend in ("cpu", "cuda"):
+        augmenter = BatchAugmenter(32, representation=representation, backend=backend, layout=layout)
+        views = augmenter.render(x, index, plan_from_draws(draws, skeleton)).numpy()
+        np.testing.assert_allclose(views, expected, **TOLERANCE)
+    plan = BatchAugmenter(32, backend="cpu", layout=layout).plan(nf, np.arange(5), step=0)
+    masked = plan.joint_mask.numpy().sum(axis=1)
+    assert set(masked.tolist()) <= {0, skeleton.masked_joints}  # 6 of 20, 5 of 15

@@ -85,7 +85,7 @@ def test_frames_default_to_the_last_nonzero_frame(tmp_path):
 
 @pytest.mark.parametrize("kwargs,message", [
     (dict(data=np.zeros((2, 3, 10, 25), np.float32)), "expected 5 axes"),
-    (dict(v=20), "expected 25 joints on axis 3, got 20"),
+    (dict(v=20), r"expected 25 joints on axis 3 \(the skeleton layout's\), got 20"),
     (dict(frames=[0, 1, 2, 3, 4, 5]), r"num_frames\[0\] = 0 is outside \[1, 40\]"),
     (dict(frames=[41, 1, 2, 3, 4, 5]), r"num_frames\[0\] = 41 is outside \[1, 40\]"),
     (dict(labels=[0, 1, 2]), "6 samples but 6 frame counts and 3 labels"),
@@ -108,4 +108,25 @@ def test_missing_path(tmp_path):
     with pytest.raises(ScdError, match="no such file or directory"):
         load_dataset(str(tmp_path / "absent"))
     with pytest.raises(ScdError, match="train_data_joint.npy: no such file"):
+        load_dataset(str(tmp_path))
+
+
+def test_skeleton_json_declares_the_layout(tmp_path):
+    write_dataset(tmp_path, v=20)
+    (tmp_path / "skeleton.json").write_text('{"layout": "kinect20"}')
+    train, val = load_dataset(str(tmp_path))
+    assert train.layout.name == "kinect20" and val.data.shape[3] == 20
+
+
+def test_custom_layout_file(tmp_path):
+    import json
+    write_dataset(tmp_path, v=5)
+    layout = {"name": "hand5", "num_joints": 5, "edges": [[1, 0], [2, 1], [3, 0], [4, 0]], "flip": [0, 1, 2, 4, 3],
+              "center": 0, "align_vertical": [0, 1], "align_horizontal": [3, 4]}
+    (tmp_path / "skeleton.json").write_text(json.dumps(layout))
+    train, _ = load_dataset(str(tmp_path))
+    assert train.layout.num_joints == 5 and train.layout.masked_joints == 2
+    layout["flip"] = [0, 1, 2, 3, 3]
+    (tmp_path / "skeleton.json").write_text(json.dumps(layout))
+    with pytest.raises(ScdError, match="flip must be a permutation"):
         load_dataset(str(tmp_path))

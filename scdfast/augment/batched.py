@@ -17,19 +17,14 @@ import torch
 from scdfast.augment import fused
 from scdfast.augment.counter_rng import batch_key
 from scdfast.augment.reference import (
-    MASKED_JOINTS,
     ViewDraws,
     masked_joints,
     rotation_matrix,
     shear_matrix,
 )
+from scdfast.data.layouts import NTU25, SkeletonLayout, get_layout
 from scdfast.errors import ScdError
-from scdfast.graph import (
-    BONE_PARENT,
-    FLIP_PERMUTATION,
-    NUM_JOINTS,
-    structural_mask_scores,
-)
+from scdfast.graph import structural_mask_scores
 
 
 @dataclass
@@ -61,9 +56,9 @@ class ViewPlan:
                    segment_mask=new((views, fused.TEMPORAL_SEGMENTS), torch.uint8))
 
 
-def plan_from_draws(draws: ViewDraws, num_joints: int = NUM_JOINTS) -> ViewPlan:
+def plan_from_draws(draws: ViewDraws, layout: SkeletonLayout = NTU25) -> ViewPlan:
     """The plan the NumPy reference's `draws` describe (NumPy arrays)."""
-    views = len(draws.crop_length)
+    views, num_joints = len(draws.crop_length), layout.num_joints
     matrix = np.tile(np.eye(3), (views, 1, 1))
     joint_mask = np.zeros((views, num_joints), np.uint8)
     segment_mask = np.zeros((views, fused.TEMPORAL_SEGMENTS), np.uint8)
@@ -74,7 +69,7 @@ def plan_from_draws(draws: ViewDraws, num_joints: int = NUM_JOINTS) -> ViewPlan:
         if draws.shear[i]:
             matrix[i] = shear_matrix(draws.shear_values[i]) @ matrix[i]
         if draws.spatial_mask[i]:
-            joint_mask[i, masked_joints(draws.mask_seeds[i])] = 1
+            joint_mask[i, masked_joints(draws.mask_seeds[i], layout)] = 1
         if draws.temporal_mask[i]:
             segment_mask[i, draws.masked_segments[i]] = 1
     degrees = np.where(draws.rotate[:, None], draws.rotate_degrees, 0.0)
@@ -114,7 +109,8 @@ class BatchAugmenter:
     """
 
     def __init__(self, window: int, crop_ratio: tuple[float, float] = (0.1, 1.0), representation: str = "joint",
-                 probability: float = 0.5, seed: int = 0, backend: str = "auto"):
+                 probability: float = 0.5, seed: int = 0, backend: str = "auto",
+                 layout: SkeletonLayout | str = "ntu25"):
         if representation not in fused.REPRESENTATIONS:
             raise ScdError(f"representation={representation!r}: use joint, motion or bone")
         if window < fused.TEMPORAL_SEGMENTS or window % fused.TEMPORAL_SEGMENTS:
@@ -129,7 +125,8 @@ class BatchAugmenter:
         self.window, self.crop_ratio, self.probability = window, (float(lo), float(hi)), float(probability)
         self.representation = fused.REPRESENTATIONS[representation]
         self.seed, self.backend = seed, backend
-        self.num_joints = NUM_JOINTS
+        self.layout = get_layout(layout)
+        self.num_joints = self.layout.num_joints
         self._layout: dict[str, tuple] = {}
 
     # ---- layout constants, one copy per device --------------------------------------------
@@ -137,8 +134,8 @@ class BatchAugmenter:
         key = str(device)
         if key not in self._layout:
             self._layout[key] = tuple(torch.from_numpy(a).to(device) for a in (
-                FLIP_PERMUTATION.astype(np.int32), BONE_PARENT.astype(np.int32),
-                structural_mask_scores().astype(np.float64)))
+                self.layout.flip_permutation.astype(np.int32), self.layout.bone_parent.astype(np.int32),
+                structural_mask_scores(self.layout).astype(np.float64)))
         return self._layout[key]                                    # perm, parent, scores
 
     # ---- validation, before any launch ------------------------------------------------------
@@ -186,7 +183,7 @@ class BatchAugmenter:
             raise ScdError(f"augment: view_ids has shape {tuple(view_ids.shape)}, expected ({views},)")
         self._launch(fused.plan_cuda, fused.plan_cpu, views, device,
                      (batch_key(self.seed, step), num_frames, index, view_ids, self.window, *self.crop_ratio,
-                      self.probability, scores, MASKED_JOINTS, *out.arrays()))
+                      self.probability, scores, self.layout.masked_joints, *out.arrays()))
         return out
 
     def render(self, data, index, plan: ViewPlan) -> torch.Tensor:

@@ -11,14 +11,21 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from scdfast.graph import BONE_PARENT, FLIP_PERMUTATION, structural_mask_scores
+from scdfast.data.layouts import NTU25, SkeletonLayout
+from scdfast.graph import structural_mask_scores
 
 TEMPORAL_SEGMENTS = 16
 MASKED_SEGMENTS = 6
-MASKED_JOINTS = 8
+MASKED_JOINTS = NTU25.masked_joints  # 8 of 25, the paper's; other layouts scale it
 MASK_SEED_JOINTS = 5
 EVAL_KEEP_RATIO = 0.95
-_MASK_SCORES = structural_mask_scores()
+_MASK_SCORES: dict[SkeletonLayout, np.ndarray] = {}
+
+
+def _mask_scores(layout: SkeletonLayout) -> np.ndarray:
+    if layout not in _MASK_SCORES:
+        _MASK_SCORES[layout] = structural_mask_scores(layout)
+    return _MASK_SCORES[layout]
 
 
 # ---- single-sample transforms ----------------------------------------------------------
@@ -46,18 +53,18 @@ def to_motion(x: np.ndarray) -> np.ndarray:
     return out
 
 
-def to_bone(x: np.ndarray) -> np.ndarray:
+def to_bone(x: np.ndarray, layout: SkeletonLayout = NTU25) -> np.ndarray:
     """bone[v] = x[v] - x[parent(v)]; the root's bone is zero."""
-    return x - x[:, :, BONE_PARENT]
+    return x - x[:, :, layout.bone_parent]
 
 
-def to_representation(x: np.ndarray, representation: str) -> np.ndarray:
+def to_representation(x: np.ndarray, representation: str, layout: SkeletonLayout = NTU25) -> np.ndarray:
     if representation == "joint":
         return x
     if representation == "motion":
         return to_motion(x)
     if representation == "bone":
-        return to_bone(x)
+        return to_bone(x, layout)
     raise ValueError(f"representation {representation!r}: use joint, motion or bone")
 
 
@@ -91,21 +98,21 @@ def shear_matrix(values: np.ndarray) -> np.ndarray:
     return m
 
 
-def flip(x: np.ndarray) -> np.ndarray:
-    return x[:, :, FLIP_PERMUTATION]
+def flip(x: np.ndarray, layout: SkeletonLayout = NTU25) -> np.ndarray:
+    return x[:, :, layout.flip_permutation]
 
 
-def masked_joints(seeds: np.ndarray) -> np.ndarray:
-    """The 8 joints with the highest summed rows of B = (I + A)^2 over the 5 seed joints.
-    Ties go to the higher joint index (a stable sort, then the last 8), so the rule is
-    deterministic."""
-    score = _MASK_SCORES[np.asarray(seeds)].sum(0)
-    return np.argsort(score, kind="stable")[-MASKED_JOINTS:]
+def masked_joints(seeds: np.ndarray, layout: SkeletonLayout = NTU25) -> np.ndarray:
+    """The 8 joints (the layout's count) with the highest summed rows of B = (I + A)^2 over the
+    5 seed joints. Ties go to the higher joint index (a stable sort, then the last ones), so
+    the rule is deterministic."""
+    score = _mask_scores(layout)[np.asarray(seeds)].sum(0)
+    return np.argsort(score, kind="stable")[-layout.masked_joints:]
 
 
-def spatial_mask(x: np.ndarray, seeds: np.ndarray) -> np.ndarray:
+def spatial_mask(x: np.ndarray, seeds: np.ndarray, layout: SkeletonLayout = NTU25) -> np.ndarray:
     out = x.copy()
-    out[:, :, masked_joints(seeds)] = 0
+    out[:, :, masked_joints(seeds, layout)] = 0
     return out
 
 
@@ -167,30 +174,33 @@ def draw_views(rng: np.random.Generator, num_frames: np.ndarray, window: int,
     )
 
 
-def make_view(x: np.ndarray, draws: ViewDraws, i: int, window: int, representation: str = "joint") -> np.ndarray:
+def make_view(x: np.ndarray, draws: ViewDraws, i: int, window: int, representation: str = "joint",
+              layout: SkeletonLayout = NTU25) -> np.ndarray:
     """View i of `draws` from sample x (C, T, V, M): crop-resize, representation, then
     rotate, flip, shear, spatial mask, temporal mask, each only where drawn."""
     v = resize_frames(x, int(draws.crop_start[i]), int(draws.crop_length[i]), window)
-    v = to_representation(v, representation)
+    v = to_representation(v, representation, layout)
     if draws.rotate[i]:
         v = rotate(v, draws.rotate_degrees[i])
     if draws.flip[i]:
-        v = flip(v)
+        v = flip(v, layout)
     if draws.shear[i]:
         v = apply_linear(v, shear_matrix(draws.shear_values[i]))
     if draws.spatial_mask[i]:
-        v = spatial_mask(v, draws.mask_seeds[i])
+        v = spatial_mask(v, draws.mask_seeds[i], layout)
     if draws.temporal_mask[i]:
         v = temporal_mask(v, draws.masked_segments[i])
     return np.ascontiguousarray(v, dtype=np.float32)
 
 
-def make_views(data: np.ndarray, draws: ViewDraws, window: int, representation: str = "joint") -> np.ndarray:
+def make_views(data: np.ndarray, draws: ViewDraws, window: int, representation: str = "joint",
+               layout: SkeletonLayout = NTU25) -> np.ndarray:
     """(B, C, T, V, M) samples, one per view -> (B, C, window, V, M) views."""
-    return np.stack([make_view(data[i], draws, i, window, representation) for i in range(data.shape[0])])
+    return np.stack([make_view(data[i], draws, i, window, representation, layout) for i in range(data.shape[0])])
 
 
-def eval_views(data: np.ndarray, num_frames: np.ndarray, window: int, representation: str = "joint") -> np.ndarray:
+def eval_views(data: np.ndarray, num_frames: np.ndarray, window: int, representation: str = "joint",
+               layout: SkeletonLayout = NTU25) -> np.ndarray:
     """Deterministic evaluation inputs: centre crop, resize, representation."""
-    return np.stack([to_representation(center_crop(data[i], int(num_frames[i]), window), representation)
+    return np.stack([to_representation(center_crop(data[i], int(num_frames[i]), window), representation, layout)
                      for i in range(data.shape[0])]).astype(np.float32)

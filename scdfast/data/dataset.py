@@ -4,7 +4,8 @@ A dataset directory holds, per split (train, val):
   {split}_data_joint.npy  (N, 3, T, V, M) float32, memory-mapped
   {split}_label.pkl       pickled (sample names, 0-based int labels)
   {split}_num_frame.npy   optional (N,) int; when absent, frames up to the last non-zero one
-`--data synthetic` is the built-in generator instead.
+and optionally skeleton.json ({"layout": "kinect20"} or a custom layout's fields); without
+it, V = 25 means the NTU layout. `--data synthetic` is the built-in generator instead.
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import pickle
 
 import numpy as np
 
+from scdfast.data.layouts import BUILT_IN, NTU25, SkeletonLayout, get_layout
 from scdfast.data.synthetic import SkeletonSet, synthetic_splits
 from scdfast.errors import ScdError
 
@@ -21,7 +23,7 @@ _CHUNK = 256  # samples validated per read, to bound memory on large memory-mapp
 
 
 def validate(data: np.ndarray, num_frames: np.ndarray, labels: np.ndarray, source: str,
-             num_joints: int = 25, num_bodies: int = 2) -> None:
+             num_joints: int = 25, num_bodies: int | None = None) -> None:
     """Refuse arrays the model cannot take, naming the file and the fault."""
     if data.ndim != 5:
         raise ScdError(f"{source}: expected 5 axes (N, C, T, V, M), got shape {data.shape}")
@@ -29,8 +31,8 @@ def validate(data: np.ndarray, num_frames: np.ndarray, labels: np.ndarray, sourc
     if c != 3:
         raise ScdError(f"{source}: expected 3 coordinates on axis 1, got {c}")
     if v != num_joints:
-        raise ScdError(f"{source}: expected {num_joints} joints on axis 3, got {v}")
-    if m != num_bodies:
+        raise ScdError(f"{source}: expected {num_joints} joints on axis 3 (the skeleton layout's), got {v}")
+    if num_bodies is not None and m != num_bodies:
         raise ScdError(f"{source}: expected {num_bodies} bodies on axis 4, got {m}")
     if n == 0:
         raise ScdError(f"{source}: the array holds no samples")
@@ -77,7 +79,16 @@ def _read_labels(path: str) -> np.ndarray:
     return labels
 
 
-def load_split(root: str, split: str, num_joints: int = 25, num_bodies: int = 2) -> SkeletonSet:
+LAYOUT_FILE = "skeleton.json"
+
+
+def dataset_layout(root: str) -> SkeletonLayout:
+    """The layout a dataset directory declares in skeleton.json, or ntu25."""
+    path = os.path.join(root, LAYOUT_FILE)
+    return get_layout(path) if os.path.isfile(path) else NTU25
+
+
+def load_split(root: str, split: str, layout: SkeletonLayout = NTU25, num_bodies: int | None = None) -> SkeletonSet:
     data_path = os.path.join(root, f"{split}_data_joint.npy")
     if not os.path.isfile(data_path):
         raise ScdError(f"{data_path}: no such file (a dataset directory holds {split}_data_joint.npy)")
@@ -95,11 +106,11 @@ def load_split(root: str, split: str, num_joints: int = 25, num_bodies: int = 2)
         num_frames = frames_until_last_nonzero(data)
     else:
         num_frames = np.zeros(0, dtype=np.int64)
-    validate(data, num_frames, labels, data_path, num_joints, num_bodies)
-    return SkeletonSet(data=data, num_frames=num_frames, labels=labels)
+    validate(data, num_frames, labels, data_path, layout.num_joints, num_bodies)
+    return SkeletonSet(data=data, num_frames=num_frames, labels=labels, layout=layout)
 
 
-def load_dataset(source: str, seed: int = 0, num_joints: int = 25, num_bodies: int = 2) -> tuple[SkeletonSet, SkeletonSet]:
+def load_dataset(source: str, seed: int = 0) -> tuple[SkeletonSet, SkeletonSet]:
     """(train, test) for `--data`: 'synthetic' or a dataset directory."""
     if source == "synthetic":
         return synthetic_splits(seed=seed)
@@ -107,8 +118,22 @@ def load_dataset(source: str, seed: int = 0, num_joints: int = 25, num_bodies: i
         raise ScdError(f"--data {source}: no such file or directory")
     if not os.path.isdir(source):
         raise ScdError(f"--data {source}: expected a dataset directory or 'synthetic'")
-    return tuple(load_split(source, split, num_joints, num_bodies) for split in SPLITS)
+    layout = dataset_layout(source)
+    train = load_split(source, "train", layout)
+    test = load_split(source, "val", layout, num_bodies=train.data.shape[4])
+    return train, test
 
 
 def num_classes(*sets: SkeletonSet) -> int:
     return int(max(int(s.labels.max()) for s in sets)) + 1
+
+
+def layout_spec(layout: SkeletonLayout) -> str | dict:
+    """What SCDConfig.layout stores: a built-in's name, or a custom layout's fields."""
+    return layout.name if BUILT_IN.get(layout.name) == layout else layout.to_dict()
+
+
+def model_shape(train: SkeletonSet) -> dict:
+    """The SCDConfig fields a dataset fixes: joints, bodies and layout."""
+    return {"num_joints": train.layout.num_joints, "num_bodies": int(train.data.shape[4]),
+            "layout": layout_spec(train.layout)}

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from scdfast.data.layouts import NTU25, SkeletonLayout
+
 NUM_CLASSES = 12
 CLASS_NAMES = (
     "wave right hand", "wave left hand", "punch right", "kick right",
@@ -37,9 +39,10 @@ SPINE_SHOULDER, L_TIP, L_THUMB, R_TIP, R_THUMB = 20, 21, 22, 23, 24
 class SkeletonSet:
     """Arrays in the real datasets' layout."""
 
-    data: np.ndarray        # (N, 3, 300, 25, 2) float32, zero past num_frames and for absent bodies
+    data: np.ndarray        # (N, 3, T, V, M) float32, zero past num_frames and for absent bodies
     num_frames: np.ndarray  # (N,) int64
     labels: np.ndarray      # (N,) int64, 0-based
+    layout: SkeletonLayout = NTU25
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])

@@ -4,5 +4,12 @@ from scdfast.models.ctrgcn import CTRGCN
 from scdfast.models.encoder import ClueEncoder, DownstreamEncoder, PretrainingEncoder
 from scdfast.models.moco import QUEUE_NAMES, SCDNet
 
-__all__ = ["CTRGCN", "ClueEncoder", "DownstreamEncoder", "PretrainingEncoder", "QUEUE_NAMES",
-           "SCDConfig", "SCDNet"]
+__all__ = [
+           "CTRGCN",
+           "QUEUE_NAMES",
+           "ClueEncoder",
+           "DownstreamEncoder",
+           "PretrainingEncoder",
+           "SCDConfig",
+           "SCDNet",
+]

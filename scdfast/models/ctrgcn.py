@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from scdfast.data.layouts import NTU25, SkeletonLayout
 from scdfast.graph import ctrgcn_adjacency
 
 
@@ -145,11 +146,11 @@ class CTRGCN(nn.Module):
     """(N, C, T, V, M) skeletons -> (N*M, c, T, V) features; bodies become batch rows."""
 
     def __init__(self, base_channels: int = 64, num_joints: int = 25, num_bodies: int = 2,
-                 in_channels: int = 3):
+                 in_channels: int = 3, layout: SkeletonLayout = NTU25):
         super().__init__()
-        adjacency = torch.from_numpy(ctrgcn_adjacency())
+        adjacency = torch.from_numpy(ctrgcn_adjacency(layout))
         if adjacency.shape[-1] != num_joints:
-            raise ValueError(f"the NTU graph has {adjacency.shape[-1]} joints, config asks {num_joints}")
+            raise ValueError(f"layout {layout.name} has {adjacency.shape[-1]} joints, config asks {num_joints}")
         self.data_bn = nn.BatchNorm1d(num_bodies * num_joints * in_channels)
         _init_bn(self.data_bn, 1.0)
         self.l1 = TCNGCNUnit(in_channels, base_channels, adjacency, residual=False)

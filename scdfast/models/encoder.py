@@ -37,8 +37,8 @@ class ClueEncoder(nn.Module):
         super().__init__()
         c, t, v, m = config.gcn_channels, config.window, config.num_joints, config.num_bodies
         self.num_bodies = m
-        self.gcn_t = CTRGCN(c, v, m, config.in_channels)
-        self.gcn_s = CTRGCN(c, v, m, config.in_channels)
+        self.gcn_t = CTRGCN(c, v, m, config.in_channels, config.skeleton)
+        self.gcn_s = CTRGCN(c, v, m, config.in_channels, config.skeleton)
         self.channel_t = _token_embedding(m * v * c, config.d_model)   # a frame token: (M V C)
         self.channel_s = _token_embedding(t * c, config.d_model)       # a joint token: (T C)
         self.t_encoder = _transformer(config)

@@ -55,7 +55,7 @@ def extract_features(encoder: DownstreamEncoder, data: SkeletonSet, window: int,
     out = []
     for lo in tqdm(range(0, len(data), batch_size), desc=desc, unit="batch", disable=not progress):
         hi = min(lo + batch_size, len(data))
-        x = eval_views(np.asarray(data.data[lo:hi]), data.num_frames[lo:hi], window, representation)
+        x = eval_views(np.asarray(data.data[lo:hi]), data.num_frames[lo:hi], window, representation, data.layout)
         out.append(encoder.features(torch.from_numpy(x).to(device)).float().cpu())
     return torch.cat(out)
 

@@ -95,7 +95,8 @@ def reference_views(train: SkeletonSet, index: np.ndarray, rng: np.random.Genera
     nf = train.num_frames[index]
     draws = draw_views(rng, np.concatenate([nf, nf]), model_config.window, config.crop_ratio,
                        model_config.num_joints)
-    views = make_views(np.concatenate([x, x]), draws, model_config.window, config.representation)
+    views = make_views(np.concatenate([x, x]), draws, model_config.window, config.representation,
+                       model_config.skeleton)
     return views[: len(index)], views[len(index):]
 
 
@@ -108,7 +109,7 @@ class ViewSource:
         if config.augment == "batched":
             self.resident = ResidentData(train, device)
             self.augmenter = BatchAugmenter(model_config.window, config.crop_ratio, config.representation,
-                                            seed=config.seed)
+                                            seed=config.seed, layout=model_config.skeleton)
         else:
             self.rng = np.random.default_rng(config.seed)
 

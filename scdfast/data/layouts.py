@@ -1,0 +1,148 @@
+"""Skeleton layouts: which joints a dataset has and how they connect.
+
+A layout gives everything the model and the augmentations need from a skeleton: the joint
+count, the bone edges (child, parent), the left/right permutation a flip applies, the centre
+joint and two joint pairs that align a body. Built in: `ntu25` (NTU RGB+D, Kinect v2, exactly
+SCDNET.md's graph), `kinect20` (Kinect v1 SDK order, as NW-UCLA ships it; MSR Action3D and
+UTD-MHAD are reordered into it) and `sbu15` (SBU Kinect Interaction). A custom layout is a
+JSON file with the same fields (0-based indices), e.g.
+
+    {"name": "hand5", "num_joints": 5, "edges": [[1, 0], [2, 1], [3, 0], [4, 0]],
+     "flip": [0, 1, 2, 4, 3], "center": 0, "align_vertical": [0, 1], "align_horizontal": [3, 4]}
+
+The spatial mask zeroes `masked_joints` joints: 8 of 25 in the paper, scaled with the joint
+count elsewhere (round(8 V / 25): 6 of 20 for kinect20, 5 of 15 for sbu15).
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from scdfast.errors import ScdError
+
+PAPER_MASKED_JOINTS, PAPER_JOINTS = 8, 25
+
+
+@dataclass(frozen=True)
+class SkeletonLayout:
+    name: str
+    num_joints: int
+    edges: tuple[tuple[int, int], ...]
+    """(child, parent), 0-based; joints that are no edge's child are roots (their bone is zero)."""
+    flip: tuple[int, ...]
+    """flip[v]: the joint whose coordinates land on joint v when left and right swap."""
+    center: int
+    align_vertical: tuple[int, int]
+    """A joint pair whose bone is turned parallel to +z when a dataset is normalised."""
+    align_horizontal: tuple[int, int]
+    """A joint pair (right, left shoulder) whose bone is turned parallel to +x."""
+
+    def __post_init__(self) -> None:
+        v = self.num_joints
+        where = f"skeleton layout {self.name!r}"
+        if v < 2:
+            raise ScdError(f"{where}: num_joints={v}; need at least 2")
+        joints = [j for edge in self.edges for j in edge] + [self.center, *self.align_vertical,
+                                                              *self.align_horizontal]
+        if any(not 0 <= j < v for j in joints):
+            raise ScdError(f"{where}: a joint index is outside [0, {v})")
+        if sorted(self.flip) != list(range(v)):
+            raise ScdError(f"{where}: flip must be a permutation of 0..{v - 1}")
+        children = [c for c, _ in self.edges]
+        if len(set(children)) != len(children):
+            raise ScdError(f"{where}: a joint is the child of two edges")
+
+    @property
+    def masked_joints(self) -> int:
+        return max(1, round(PAPER_MASKED_JOINTS * self.num_joints / PAPER_JOINTS))
+
+    @property
+    def bone_parent(self) -> np.ndarray:
+        """parent[v] for the bone stream; a root is its own parent, so its bone is zero."""
+        parent = np.arange(self.num_joints, dtype=np.int64)
+        for child, p in self.edges:
+            parent[child] = p
+        return parent
+
+    @property
+    def flip_permutation(self) -> np.ndarray:
+        return np.asarray(self.flip, dtype=np.int64)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict, source: str = "layout") -> SkeletonLayout:
+        fields = ("name", "num_joints", "edges", "flip", "center", "align_vertical", "align_horizontal")
+        missing = [f for f in fields if f not in values]
+        if missing:
+            raise ScdError(f"{source}: missing field(s) {', '.join(missing)}")
+        try:
+            return cls(name=str(values["name"]), num_joints=int(values["num_joints"]),
+                       edges=tuple((int(c), int(p)) for c, p in values["edges"]),
+                       flip=tuple(int(j) for j in values["flip"]), center=int(values["center"]),
+                       align_vertical=tuple(int(j) for j in values["align_vertical"]),
+                       align_horizontal=tuple(int(j) for j in values["align_horizontal"]))
+        except (TypeError, ValueError) as exc:
+            raise ScdError(f"{source}: malformed layout ({exc})") from None
+
+
+def _one_based(pairs) -> tuple[tuple[int, int], ...]:
+    return tuple((c - 1, p - 1) for c, p in pairs)
+
+
+NTU25 = SkeletonLayout(
+    name="ntu25", num_joints=25,
+    edges=_one_based(((1, 2), (2, 21), (3, 21), (4, 3), (5, 21), (6, 5), (7, 6), (8, 7), (9, 21), (10, 9),
+                      (11, 10), (12, 11), (13, 1), (14, 13), (15, 14), (16, 15), (17, 1), (18, 17), (19, 18),
+                      (20, 19), (22, 23), (23, 8), (24, 25), (25, 12))),
+    flip=(0, 1, 2, 3, 8, 9, 10, 11, 4, 5, 6, 7, 16, 17, 18, 19, 12, 13, 14, 15, 20, 23, 24, 21, 22),
+    center=1, align_vertical=(0, 1), align_horizontal=(8, 4))
+
+# Kinect v1 SDK order (NW-UCLA's): 1 hip centre, 2 spine, 3 shoulder centre, 4 head, 5-8 left arm,
+# 9-12 right arm, 13-16 left leg, 17-20 right leg. Edges as CTR-GCN's NW-UCLA graph (the root is
+# the shoulder centre, as NTU's is the spine at the shoulders).
+KINECT20 = SkeletonLayout(
+    name="kinect20", num_joints=20,
+    edges=_one_based(((1, 2), (2, 3), (4, 3), (5, 3), (6, 5), (7, 6), (8, 7), (9, 3), (10, 9), (11, 10), (12, 11),
+                      (13, 1), (14, 13), (15, 14), (16, 15), (17, 1), (18, 17), (19, 18), (20, 19))),
+    flip=(0, 1, 2, 3, 8, 9, 10, 11, 4, 5, 6, 7, 16, 17, 18, 19, 12, 13, 14, 15),
+    center=1, align_vertical=(0, 1), align_horizontal=(8, 4))
+
+# SBU Kinect Interaction: 1 head, 2 neck, 3 torso, 4-6 left arm, 7-9 right arm, 10-12 left leg,
+# 13-15 right leg.
+SBU15 = SkeletonLayout(
+    name="sbu15", num_joints=15,
+    edges=_one_based(((1, 2), (2, 3), (4, 2), (5, 4), (6, 5), (7, 2), (8, 7), (9, 8), (10, 3), (11, 10), (12, 11),
+                      (13, 3), (14, 13), (15, 14))),
+    flip=(0, 1, 2, 6, 7, 8, 3, 4, 5, 12, 13, 14, 9, 10, 11),
+    center=2, align_vertical=(2, 1), align_horizontal=(6, 3))
+
+BUILT_IN = {layout.name: layout for layout in (NTU25, KINECT20, SBU15)}
+
+
+def get_layout(spec: str | dict | SkeletonLayout) -> SkeletonLayout:
+    """A layout from a built-in name, a dict of fields, or a path to a JSON file of them."""
+    if isinstance(spec, SkeletonLayout):
+        return spec
+    if isinstance(spec, dict):
+        if set(spec) == {"layout"}:
+            return get_layout(spec["layout"])
+        return SkeletonLayout.from_dict(spec)
+    if spec in BUILT_IN:
+        return BUILT_IN[spec]
+    if os.path.isfile(spec):
+        try:
+            with open(spec) as f:
+                values = json.load(f)
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ScdError(f"{spec}: not a readable JSON layout ({exc})") from None
+        if isinstance(values, dict) and set(values) == {"layout"}:
+            return get_layout(values["layout"])
+        if not isinstance(values, dict):
+            raise ScdError(f"{spec}: a layout file holds a JSON object")
+        return SkeletonLayout.from_dict(values, spec)
+    raise ScdError(f"skeleton layout {spec!r}: not one of {', '.join(BUILT_IN)} and no such file")

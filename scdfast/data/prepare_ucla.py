@@ -1,0 +1,113 @@
+"""NW-UCLA (the `all_sqe` JSON release) -> a dataset directory in the `kinect20` layout.
+
+Each `<aAA_sSS_eEE_vVV>.json` holds {"file_name", "skeletons": (T, 20, 3) in metres, "label"}.
+The standard cross-view protocol trains on views 1 and 2 and tests on view 3. Labels are
+0-based in action order (a01..a06, a08, a09, a11, a12; a07 and a10 do not exist) and must agree
+with each file's own `label` field. One body per sample (M = 1); T is the longest sequence.
+Every sequence is translated so that its spine joint (joint 2) in the first frame sits at the
+origin, as NTU's normalisation centres on its spine joint.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from scdfast.data.layouts import KINECT20
+from scdfast.data.writer import DatasetWriter
+from scdfast.errors import ScdError
+
+ACTIONS = (1, 2, 3, 4, 5, 6, 8, 9, 11, 12)
+TRAIN_VIEWS, TEST_VIEWS = (1, 2), (3,)
+_NAME = re.compile(r"^a(\d\d)_s(\d\d)_e(\d\d)_v(\d\d)$")
+
+
+@dataclass
+class Sequence:
+    name: str
+    skeleton: np.ndarray    # (T, 20, 3) float32
+    label: int              # 0-based
+    view: int
+
+
+def read_sequence(path: str) -> Sequence:
+    """One JSON file, checked; errors name the file (and the line for malformed JSON)."""
+    name = os.path.splitext(os.path.basename(path))[0]
+    match = _NAME.match(name)
+    if not match:
+        raise ScdError(f"{path}: the name is not aAA_sSS_eEE_vVV")
+    action, view = int(match.group(1)), int(match.group(4))
+    if action not in ACTIONS:
+        raise ScdError(f"{path}: action a{action:02d} is not an NW-UCLA action")
+    try:
+        with open(path) as f:
+            record = json.load(f)
+    except json.JSONDecodeError as exc:
+        raise ScdError(f"{path}: line {exc.lineno}: malformed JSON ({exc.msg})") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ScdError(f"{path}: unreadable ({exc})") from None
+    if not isinstance(record, dict) or "skeletons" not in record:
+        raise ScdError(f"{path}: no 'skeletons' field")
+    try:
+        skeleton = np.asarray(record["skeletons"], dtype=np.float32)
+    except (TypeError, ValueError):
+        raise ScdError(f"{path}: 'skeletons' holds a non-numeric value or ragged frames") from None
+    if skeleton.ndim != 3 or skeleton.shape[1:] != (KINECT20.num_joints, 3):
+        raise ScdError(f"{path}: expected 'skeletons' of shape (T, 20, 3), got {skeleton.shape}")
+    if skeleton.shape[0] == 0:
+        raise ScdError(f"{path}: zero frames")
+    if not np.isfinite(skeleton).all():
+        raise ScdError(f"{path}: 'skeletons' contains NaN or Inf")
+    label = ACTIONS.index(action)
+    if "label" in record and int(record["label"]) - 1 != label:
+        raise ScdError(f"{path}: its label field {record['label']} disagrees with action a{action:02d}")
+    return Sequence(name=name, skeleton=skeleton, label=label, view=view)
+
+
+def to_array(skeleton: np.ndarray, frames: int) -> np.ndarray:
+    """(T, 20, 3) -> (3, frames, 20, 1), centred on the first frame's spine joint."""
+    out = np.zeros((3, frames, KINECT20.num_joints, 1), np.float32)
+    t = skeleton.shape[0]
+    out[:, :t, :, 0] = (skeleton - skeleton[0, KINECT20.center]).transpose(2, 0, 1)
+    return out
+
+
+def prepare_ucla(raw: str, out: str, skip_bad: bool = False, progress: bool = True) -> dict:
+    """Write the dataset directory `out` from the JSON files in `raw`; returns counts."""
+    if not os.path.isdir(raw):
+        raise ScdError(f"--raw {raw}: no such directory")
+    files = sorted(f for f in os.listdir(raw) if f.endswith(".json"))
+    if not files:
+        raise ScdError(f"--raw {raw}: no .json files (expected NW-UCLA's all_sqe folder)")
+    splits: dict[str, list[Sequence]] = {"train": [], "val": []}
+    skipped: list[str] = []
+    for name in tqdm(files, desc="ucla: read", unit="file", disable=not progress):
+        path = os.path.join(raw, name)
+        try:
+            seq = read_sequence(path)
+        except ScdError as exc:
+            if not skip_bad:
+                raise
+            skipped.append(str(exc))
+            continue
+        if seq.view in TRAIN_VIEWS:
+            splits["train"].append(seq)
+        elif seq.view in TEST_VIEWS:
+            splits["val"].append(seq)
+    if not splits["train"] or not splits["val"]:
+        raise ScdError(f"--raw {raw}: need files of views 1-2 (train) and 3 (test)")
+    frames = max(s.skeleton.shape[0] for seqs in splits.values() for s in seqs)
+    with DatasetWriter(out, KINECT20) as writer:
+        for split, seqs in splits.items():
+            array = writer.split(split, (len(seqs), 3, frames, KINECT20.num_joints, 1))
+            for i, seq in enumerate(seqs):
+                array[i] = to_array(seq.skeleton, frames)
+            writer.finish_split(split, [s.name for s in seqs], [s.label for s in seqs],
+                                [s.skeleton.shape[0] for s in seqs])
+        if skipped:
+            writer.write_text("skipped.txt", "\n".join(skipped) + "\n")
+    return {"train": len(splits["train"]), "val": len(splits["val"]), "skipped": len(skipped), "frames": frames}
