@@ -85,6 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, help="override the classifier's epochs (paper: 80)")
     p.add_argument("--lr", type=float, help="override the classifier's learning rate (paper: 2.0)")
     p.add_argument("--batch-size", type=int, help="override the classifier's batch size")
+    p.add_argument("--standardize", action="store_true",
+                   help="z-score features with the training set's statistics before the classifier (a frozen "
+                        "BatchNorm; not in the authors' protocol); a learning rate near 0.1 suits it")
 
     p = commands.add_parser("knn", help="kNN retrieval accuracy of a frozen encoder",
                             description="k-nearest-neighbour classification of test features against training "
@@ -181,7 +184,8 @@ def _run_eval(args: argparse.Namespace) -> None:
     classes = count_classes(train, test)
     run_dir = prepare_run_dir(args.run_dir, args.command)
     if args.command == "linear":
-        linear = preset(args.preset, LinearConfig, **_overrides(args, ("epochs", "lr", "batch_size", "seed")))
+        linear = preset(args.preset, LinearConfig, standardize=args.standardize,
+                        **_overrides(args, ("epochs", "lr", "batch_size", "seed")))
     results = {}
     for label, encoder, config in _encoders(args, classes, train):
         progress = not args.no_progress
@@ -231,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"scdfast {args.command}: interrupted", file=sys.stderr)
         return 130
     except Exception as exc:
-        from scdfast.train.pretrain import Interrupted
+        from scdfast.train.signals import Interrupted
         if not isinstance(exc, Interrupted):
             raise
         print(f"scdfast {args.command}: {exc}", file=sys.stderr)

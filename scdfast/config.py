@@ -170,6 +170,10 @@ class LinearConfig(_Presets):
     sgd_momentum: float = 0.9
     weight_decay: float = 0.0
     seed: int = 0
+    standardize: bool = False
+    """Z-score each feature with the training set's mean and std before the classifier (a
+    frozen BatchNorm). Off in the authors' protocol; features whose variance is small next to
+    their mean (as after a partial collapse) train poorly without it."""
 
     _TINY = dict(batch_size=256)
 

@@ -77,6 +77,9 @@ def linear_probe(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Ten
                  num_classes: int, config: LinearConfig, device: torch.device,
                  progress: bool = False) -> LinearResult:
     """Train a Linear classifier on frozen features with the protocol's SGD schedule."""
+    if config.standardize:
+        mean, std = train_x.mean(dim=0), train_x.std(dim=0).clamp_min(1e-6)
+        train_x, test_x = (train_x - mean) / std, (test_x - mean) / std
     generator = torch.Generator().manual_seed(config.seed)
     torch.manual_seed(config.seed)
     fc = torch.nn.Linear(train_x.shape[1], num_classes).to(device)

@@ -11,21 +11,15 @@ import csv
 import dataclasses
 import math
 import os
-import signal
-import threading
 import time
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from scdfast.augment import draw_views, make_views
-from scdfast.augment.batched import BatchAugmenter
 from scdfast.compat import read_checkpoint
 from scdfast.config import PretrainConfig, SCDConfig, step_lr, to_dict
 from scdfast.data import SkeletonSet
-from scdfast.data.resident import ResidentData
 from scdfast.errors import ScdError
 from scdfast.models import SCDNet
 from scdfast.train.checkpoints import (
@@ -36,7 +30,9 @@ from scdfast.train.checkpoints import (
 from scdfast.train.distributed import Distributed
 from scdfast.train.plots import plot_curves
 from scdfast.train.rundir import MetricsCSV, atomic_write, save_json
+from scdfast.train.signals import Interrupted, StopSignals
 from scdfast.train.step import PretrainStep
+from scdfast.train.views import ViewSource, epoch_order
 
 CHECKPOINT_FORMAT = "scdfast-pretrain-v1"
 METRIC_FIELDS = ["epoch", "step", "loss", "lr", "samples_per_s", "data_s", "compute_s"]
@@ -86,85 +82,6 @@ def _check_sizes(model_config: SCDConfig, config: PretrainConfig, train: Skeleto
     if model_config.queue_size % config.batch_size:
         raise ScdError(f"queue_size={model_config.queue_size} is not a multiple of batch_size={config.batch_size}")
     return len(train) // config.batch_size  # drop_last, as the authors do
-
-
-def reference_views(train: SkeletonSet, index: np.ndarray, rng: np.random.Generator,
-                    model_config: SCDConfig, config: PretrainConfig) -> tuple[np.ndarray, np.ndarray]:
-    """Query and key views from the per-sample NumPy reference (`--augment reference`)."""
-    x = np.asarray(train.data[index])
-    nf = train.num_frames[index]
-    draws = draw_views(rng, np.concatenate([nf, nf]), model_config.window, config.crop_ratio,
-                       model_config.num_joints)
-    views = make_views(np.concatenate([x, x]), draws, model_config.window, config.representation,
-                       model_config.skeleton)
-    return views[: len(index)], views[len(index):]
-
-
-class ViewSource:
-    """Query and key views of a batch of sample indices, on `device`: the batched kernels by
-    default, the NumPy reference when config.augment == "reference"."""
-
-    def __init__(self, train: SkeletonSet, model_config: SCDConfig, config: PretrainConfig, device: torch.device):
-        self.train, self.model_config, self.config, self.device = train, model_config, config, device
-        if config.augment == "batched":
-            self.resident = ResidentData(train, device)
-            self.augmenter = BatchAugmenter(model_config.window, config.crop_ratio, config.representation,
-                                            seed=config.seed, layout=model_config.skeleton)
-        else:
-            self.rng = np.random.default_rng(config.seed)
-
-    def __call__(self, batch_index: np.ndarray, step: int,
-                 shard: tuple[int, int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Views of the global batch `batch_index`, or of its samples [lo, hi) for one rank;
-        a rank's views draw the random streams they have in the single-process batch."""
-        everything = np.sort(batch_index)  # sorted reads are kinder to a memory-mapped array
-        lo, hi = shard or (0, len(everything))
-        index = everything[lo:hi]
-        if self.config.augment == "reference":
-            q, k = reference_views(self.train, index, self.rng, self.model_config, self.config)
-            return (torch.from_numpy(q).to(self.device, non_blocking=True),
-                    torch.from_numpy(k).to(self.device, non_blocking=True))
-        batch = self.resident.batch(index)
-        both = (torch.cat([batch.index, batch.index]) if isinstance(batch.index, torch.Tensor)
-                else np.concatenate([batch.index, batch.index]))
-        positions = np.arange(lo, hi)
-        view_ids = torch.from_numpy(np.concatenate([positions, len(everything) + positions]))
-        if isinstance(batch.index, torch.Tensor):
-            view_ids = view_ids.to(batch.index.device, non_blocking=True)
-        views = self.augmenter(batch.data, batch.num_frames, both, step, validate=False, view_ids=view_ids)
-        views = views.to(self.device, non_blocking=True)
-        return views[: len(index)], views[len(index):]
-
-
-def epoch_order(seed: int, epoch: int, num_samples: int) -> np.ndarray:
-    """The sample order of one epoch, a function of (seed, epoch) alone."""
-    return np.random.default_rng([seed, epoch]).permutation(num_samples)
-
-
-class StopSignals:
-    """SIGINT and SIGTERM set a flag the loop reads between steps, so a run stops at a step
-    boundary with a checkpoint instead of dying mid-write. Restores the old handlers on exit."""
-
-    def __init__(self):
-        self.received: int | None = None
-        self._previous = {}
-
-    def __enter__(self) -> StopSignals:
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self._previous[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def _handle(self, signum, _frame) -> None:
-        self.received = signum
-
-    def agree(self, distributed: Distributed, device: torch.device) -> None:
-        """Share a signal any rank received, so all ranks stop together."""
-        self.received = distributed.max_int(self.received or 0, device) or None
-
-    def __exit__(self, *_exc) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
 
 
 def _truncate_csv(path: str, column: str, last: int) -> None:
@@ -331,12 +248,3 @@ def pretrain(model_config: SCDConfig, config: PretrainConfig, train: SkeletonSet
     if main_process:
         save_json(dataclasses.asdict(result), os.path.join(run_dir, "report.json"))
     return result
-
-
-class Interrupted(Exception):
-    """SIGINT/SIGTERM stopped the run at a step boundary, after writing a checkpoint."""
-
-    def __init__(self, signum: int, step: int, checkpoint: str):
-        super().__init__(f"stopped by {signal.Signals(signum).name} after step {step}; checkpoint {checkpoint} "
-                         f"(continue with --resume)")
-        self.signum = signum
