@@ -5,17 +5,17 @@ from scdfast.config import LinearConfig
 from scdfast.train.evaluate import linear_probe
 
 
-def _features(n, classes, offset, scale, generator):
-    labels = torch.arange(n) % classes
-    centres = torch.randn(classes, 16, generator=generator)
-    x = offset + scale * (centres[labels] + 0.1 * torch.randn(n, 16, generator=generator))
+def _features(n, centres, offset, scale, generator):
+    labels = torch.arange(n) % centres.shape[0]
+    x = offset + scale * (centres[labels] + 0.1 * torch.randn(n, centres.shape[1], generator=generator))
     return x, labels
 
 
 def test_standardize_equals_probing_z_scored_features():
     g = torch.Generator().manual_seed(0)
-    train_x, train_y = _features(120, 4, 5.0, 0.01, g)
-    test_x, test_y = _features(60, 4, 5.0, 0.01, g)
+    centres = torch.randn(4, 16, generator=g)
+    train_x, train_y = _features(120, centres, 5.0, 0.01, g)
+    test_x, test_y = _features(60, centres, 5.0, 0.01, g)
     config = LinearConfig.tiny(epochs=10, lr=0.1)
     got = linear_probe(train_x, train_y, test_x, test_y, 4, LinearConfig.tiny(epochs=10, lr=0.1, standardize=True),
                        torch.device("cpu"))
