@@ -106,6 +106,15 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--skip-bad", action="store_true",
                    help="skip unreadable or malformed files, listing each and why in OUT/skipped.txt")
     f.add_argument("--no-progress", action="store_true", help="no progress bars (for logs)")
+    f = formats.add_parser("msr3d", help="MSR Action3D: the Real3D skeleton text files (cross-subject: odd "
+                                         "subjects train, even test; reordered into kinect20)")
+    f.add_argument("--raw", required=True, help="the folder of aXX_sYY_eZZ_skeleton3D.txt files")
+    f.add_argument("--out", required=True, help="the dataset directory to write (replaced when complete)")
+    f.add_argument("--files", help="only the sequence names listed in this file (e.g. files_used_in_cvpr12_paper.txt)")
+    f.add_argument("--skip-bad", action="store_true",
+                   help="skip unreadable or malformed files (the release's all-zero a13_s09_e02 among them), "
+                        "listing each and why in OUT/skipped.txt")
+    f.add_argument("--no-progress", action="store_true", help="no progress bars (for logs)")
     return parser
 
 
@@ -212,9 +221,13 @@ def _run_eval(args: argparse.Namespace) -> None:
 
 
 def _run_prepare(args: argparse.Namespace) -> None:
-    from scdfast.data.prepare_ucla import prepare_ucla
-
-    counts = prepare_ucla(args.raw, args.out, skip_bad=args.skip_bad, progress=not args.no_progress)
+    if args.format == "ucla":
+        from scdfast.data.prepare_ucla import prepare_ucla
+        counts = prepare_ucla(args.raw, args.out, skip_bad=args.skip_bad, progress=not args.no_progress)
+    else:
+        from scdfast.data.prepare_msr3d import prepare_msr3d
+        counts = prepare_msr3d(args.raw, args.out, files=args.files, skip_bad=args.skip_bad,
+                               progress=not args.no_progress)
     print(f"wrote {args.out}: {counts['train']} training and {counts['val']} test sequences of up to "
           f"{counts['frames']} frames" + (f"; skipped {counts['skipped']} (see skipped.txt)" if counts["skipped"] else ""))
 

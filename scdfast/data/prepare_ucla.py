@@ -18,7 +18,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from scdfast.data.layouts import KINECT20
-from scdfast.data.writer import DatasetWriter
+from scdfast.data.writer import write_sequences
 from scdfast.errors import ScdError
 
 ACTIONS = (1, 2, 3, 4, 5, 6, 8, 9, 11, 12)
@@ -68,14 +68,6 @@ def read_sequence(path: str) -> Sequence:
     return Sequence(name=name, skeleton=skeleton, label=label, view=view)
 
 
-def to_array(skeleton: np.ndarray, frames: int) -> np.ndarray:
-    """(T, 20, 3) -> (3, frames, 20, 1), centred on the first frame's spine joint."""
-    out = np.zeros((3, frames, KINECT20.num_joints, 1), np.float32)
-    t = skeleton.shape[0]
-    out[:, :t, :, 0] = (skeleton - skeleton[0, KINECT20.center]).transpose(2, 0, 1)
-    return out
-
-
 def prepare_ucla(raw: str, out: str, skip_bad: bool = False, progress: bool = True) -> dict:
     """Write the dataset directory `out` from the JSON files in `raw`; returns counts."""
     if not os.path.isdir(raw):
@@ -100,14 +92,5 @@ def prepare_ucla(raw: str, out: str, skip_bad: bool = False, progress: bool = Tr
             splits["val"].append(seq)
     if not splits["train"] or not splits["val"]:
         raise ScdError(f"--raw {raw}: need files of views 1-2 (train) and 3 (test)")
-    frames = max(s.skeleton.shape[0] for seqs in splits.values() for s in seqs)
-    with DatasetWriter(out, KINECT20) as writer:
-        for split, seqs in splits.items():
-            array = writer.split(split, (len(seqs), 3, frames, KINECT20.num_joints, 1))
-            for i, seq in enumerate(seqs):
-                array[i] = to_array(seq.skeleton, frames)
-            writer.finish_split(split, [s.name for s in seqs], [s.label for s in seqs],
-                                [s.skeleton.shape[0] for s in seqs])
-        if skipped:
-            writer.write_text("skipped.txt", "\n".join(skipped) + "\n")
-    return {"train": len(splits["train"]), "val": len(splits["val"]), "skipped": len(skipped), "frames": frames}
+    entries = {split: [(s.name, s.skeleton[:, None], s.label) for s in seqs] for split, seqs in splits.items()}
+    return write_sequences(out, KINECT20, entries, skipped)
