@@ -115,6 +115,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="skip unreadable or malformed files (the release's all-zero a13_s09_e02 among them), "
                         "listing each and why in OUT/skipped.txt")
     f.add_argument("--no-progress", action="store_true", help="no progress bars (for logs)")
+    f = formats.add_parser("sbu", help="SBU Kinect Interaction: two-person skeleton_pos.txt files (5-fold "
+                                       "cross-validation over participant pairs; sbu15 layout, 2 bodies)")
+    f.add_argument("--raw", required=True, help="the folder of sAAsBB/<class>/<run>/skeleton_pos.txt")
+    f.add_argument("--out", required=True, help="the dataset directory to write (replaced when complete)")
+    f.add_argument("--fold", type=int, default=1, help="the fold tested on, 1..5 (default 1); the others train")
+    f.add_argument("--skip-bad", action="store_true",
+                   help="skip unreadable or malformed files, listing each and why in OUT/skipped.txt")
+    f.add_argument("--no-progress", action="store_true", help="no progress bars (for logs)")
     return parser
 
 
@@ -224,10 +232,14 @@ def _run_prepare(args: argparse.Namespace) -> None:
     if args.format == "ucla":
         from scdfast.data.prepare_ucla import prepare_ucla
         counts = prepare_ucla(args.raw, args.out, skip_bad=args.skip_bad, progress=not args.no_progress)
-    else:
+    elif args.format == "msr3d":
         from scdfast.data.prepare_msr3d import prepare_msr3d
         counts = prepare_msr3d(args.raw, args.out, files=args.files, skip_bad=args.skip_bad,
                                progress=not args.no_progress)
+    else:
+        from scdfast.data.prepare_sbu import prepare_sbu
+        counts = prepare_sbu(args.raw, args.out, fold=args.fold, skip_bad=args.skip_bad,
+                             progress=not args.no_progress)
     print(f"wrote {args.out}: {counts['train']} training and {counts['val']} test sequences of up to "
           f"{counts['frames']} frames" + (f"; skipped {counts['skipped']} (see skipped.txt)" if counts["skipped"] else ""))
 
