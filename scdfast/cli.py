@@ -106,6 +106,18 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--skip-bad", action="store_true",
                    help="skip unreadable or malformed files, listing each and why in OUT/skipped.txt")
     f.add_argument("--no-progress", action="store_true", help="no progress bars (for logs)")
+    f = formats.add_parser("ntu", help="NTU RGB+D 60/120: raw .skeleton files (body selection, normalisation and "
+                                       "splits as the AGCN preprocessing; T 300, 2 bodies)")
+    f.add_argument("--raw", required=True, help="the folder of SsssCcccPpppRrrrAaaa.skeleton files")
+    f.add_argument("--out", required=True, help="the dataset directory to write (replaced when complete)")
+    f.add_argument("--dataset", choices=("ntu60", "ntu120"), default="ntu60",
+                   help="ntu60 takes setups 1-17 only (default), ntu120 all")
+    f.add_argument("--benchmark", choices=("xsub", "xview", "xset"), default="xsub",
+                   help="xsub (both), xview (ntu60) or xset (ntu120); default xsub")
+    f.add_argument("--jobs", type=int, help="worker processes parsing files (default: every core)")
+    f.add_argument("--skip-bad", action="store_true",
+                   help="skip unreadable or malformed files, listing each and why in OUT/skipped.txt")
+    f.add_argument("--no-progress", action="store_true", help="no progress bars (for logs)")
     f = formats.add_parser("msr3d", help="MSR Action3D: the Real3D skeleton text files (cross-subject: odd "
                                          "subjects train, even test; reordered into kinect20)")
     f.add_argument("--raw", required=True, help="the folder of aXX_sYY_eZZ_skeleton3D.txt files")
@@ -229,7 +241,11 @@ def _run_eval(args: argparse.Namespace) -> None:
 
 
 def _run_prepare(args: argparse.Namespace) -> None:
-    if args.format == "ucla":
+    if args.format == "ntu":
+        from scdfast.data.prepare_ntu import prepare_ntu
+        counts = prepare_ntu(args.raw, args.out, dataset=args.dataset, benchmark=args.benchmark,
+                             skip_bad=args.skip_bad, jobs=args.jobs, progress=not args.no_progress)
+    elif args.format == "ucla":
         from scdfast.data.prepare_ucla import prepare_ucla
         counts = prepare_ucla(args.raw, args.out, skip_bad=args.skip_bad, progress=not args.no_progress)
     elif args.format == "msr3d":

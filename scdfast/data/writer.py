@@ -42,6 +42,21 @@ class DatasetWriter:
         self._arrays[name] = array
         return array
 
+    def shrink(self, name: str, rows: int) -> np.memmap:
+        """Keep the first `rows` samples of split `name` (after files were skipped)."""
+        old = self._arrays.pop(name)
+        old.flush()
+        path = os.path.join(self.tmp, f"{name}_data_joint.npy")
+        smaller = np.lib.format.open_memmap(path + ".part", mode="w+", dtype=np.float32, shape=(rows, *old.shape[1:]))
+        for lo in range(0, rows, 256):
+            hi = min(lo + 256, rows)
+            smaller[lo:hi] = old[lo:hi]
+        smaller.flush()
+        del old
+        os.replace(path + ".part", path)
+        self._arrays[name] = smaller
+        return smaller
+
     def finish_split(self, name: str, sample_names: list[str], labels: list[int], num_frames) -> None:
         self._arrays.pop(name).flush()
         with open(os.path.join(self.tmp, f"{name}_label.pkl"), "wb") as f:
