@@ -24,8 +24,8 @@ from scdfast.config import PretrainConfig, SCDConfig, preset
 from scdfast.data.synthetic import generate
 from scdfast.losses.reference import scd_loss_ref
 from scdfast.models import SCDNet
-from scdfast.train.views import ViewSource, epoch_order
 from scdfast.train.step import PretrainStep
+from scdfast.train.views import ViewSource, epoch_order
 
 
 class _PerSampleViews(torch.utils.data.Dataset):
