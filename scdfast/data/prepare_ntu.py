@@ -25,6 +25,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from scdfast.data.layouts import NTU25
+from scdfast.data.text_numbers import parse_numbers
 from scdfast.data.writer import DatasetWriter
 from scdfast.errors import ScdError
 
@@ -56,7 +57,7 @@ def is_training(name: str, dataset: str, benchmark: str) -> bool:
 def read_skeleton(path: str) -> np.ndarray:
     """(KINECT_BODIES, T, 25, 3) float64 xyz; a body is its position in each frame's list.
 
-    Every value of the file is parsed by one C call and the structure walked by offsets; a
+    Every value of the file is parsed in one compiled pass and the structure walked by offsets; a
     file that does not fit that walk is read again line by line, which names the line at fault."""
     with open(path) as f:
         text = f.read()
@@ -70,10 +71,8 @@ def read_skeleton(path: str) -> np.ndarray:
 
 def _read_tokens(text: str) -> np.ndarray | None:
     """The fast path, or None when the file is malformed (the slow path then says how)."""
-    tokens = text.split()
-    try:
-        values = np.array(tokens, dtype=np.float64)
-    except ValueError:
+    values = parse_numbers(text)
+    if values is None:
         return None
     n, at = len(values), 1
     if n == 0 or values[0] != int(values[0]) or values[0] <= 0:
