@@ -111,7 +111,8 @@ def test_arrays_and_splits_equal_the_straightforward_version(tmp_path, protocol)
             want, frames = _straightforward(RAW / f"{name}.skeleton")
             assert data.num_frames[i] == frames
             np.testing.assert_allclose(np.asarray(data.data[i]), want, atol=1e-5)
-    two_people = [i for i, n in enumerate(pickle.load(open(out / "train_label.pkl", "rb"))[0]) if n.endswith("A058")]
+    with open(out / "train_label.pkl", "rb") as f:
+        two_people = [i for i, n in enumerate(pickle.load(f)[0]) if n.endswith("A058")]
     if two_people:
         assert np.abs(np.asarray(train.data[two_people[0]])[..., 1]).sum() > 0  # the second person is kept
 
@@ -120,7 +121,7 @@ def test_missing_skeleton_lists_are_shipped_and_applied(tmp_path):
     assert (len(missing_skeletons("ntu60")), len(missing_skeletons("ntu120"))) == (302, 535)
     raw = tmp_path / "raw"
     raw.mkdir()
-    listed = sorted(missing_skeletons("ntu60"))[0]
+    listed = min(missing_skeletons("ntu60"))
     (raw / f"{listed}.skeleton").symlink_to(RAW / "S001C001P001R001A001.skeleton")
     for name in ("S001C001P001R001A002", "S002C001P003R001A003"):
         (raw / f"{name}.skeleton").symlink_to(RAW / f"{name}.skeleton")
