@@ -127,6 +127,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="skip unreadable or malformed files (the release's all-zero a13_s09_e02 among them), "
                         "listing each and why in OUT/skipped.txt")
     f.add_argument("--no-progress", action="store_true", help="no progress bars (for logs)")
+    f = formats.add_parser("utd-mhad", help="UTD-MHAD: the aA_sS_tT_skeleton.mat files (cross-subject: odd "
+                                            "subjects train, even test; reordered into kinect20)")
+    f.add_argument("--raw", required=True, help="the folder of aA_sS_tT_skeleton.mat files")
+    f.add_argument("--out", required=True, help="the dataset directory to write (replaced when complete)")
+    f.add_argument("--skip-bad", action="store_true",
+                   help="skip unreadable or malformed files, listing each and why in OUT/skipped.txt")
+    f.add_argument("--no-progress", action="store_true", help="no progress bars (for logs)")
     f = formats.add_parser("sbu", help="SBU Kinect Interaction: two-person skeleton_pos.txt files (5-fold "
                                        "cross-validation over participant pairs; sbu15 layout, 2 bodies)")
     f.add_argument("--raw", required=True, help="the folder of sAAsBB/<class>/<run>/skeleton_pos.txt")
@@ -252,6 +259,9 @@ def _run_prepare(args: argparse.Namespace) -> None:
         from scdfast.data.prepare_msr3d import prepare_msr3d
         counts = prepare_msr3d(args.raw, args.out, files=args.files, skip_bad=args.skip_bad,
                                progress=not args.no_progress)
+    elif args.format == "utd-mhad":
+        from scdfast.data.prepare_utd import prepare_utd
+        counts = prepare_utd(args.raw, args.out, skip_bad=args.skip_bad, progress=not args.no_progress)
     else:
         from scdfast.data.prepare_sbu import prepare_sbu
         counts = prepare_sbu(args.raw, args.out, fold=args.fold, skip_bad=args.skip_bad,
