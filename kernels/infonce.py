@@ -103,6 +103,28 @@ def _stream_negatives(q, s_pos, k, c_ptr, rows, dims, K, D, inv_t, excl_a, excl_
 
 
 @triton.jit
+def _rows_block(q_ptr, k_ptr, c_ptr, excl_ptr, qid_ptr, cid_ptr, loss_ptr, lse_ptr, dq_ptr, rows, dims,
+                N, K, D, inv_t, HAS_EXCL: tl.constexpr, HAS_IDS: tl.constexpr, NORMALIZE: tl.constexpr,
+                STORE_LSE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """One block of query rows against every negative: per-row loss, lse (when STORE_LSE) and
+    dloss/dq, the gradient taken through the normalisation when NORMALIZE."""
+    row_ok = rows < N
+    q, q_inv = _load_rows(q_ptr, rows, dims, N, D, NORMALIZE)                  # BLOCK_N, BLOCK_D
+    k, _ = _load_rows(k_ptr, rows, dims, N, D, NORMALIZE)
+    s_pos = tl.sum(q * k, axis=1) * inv_t                                       # BLOCK_N
+    excl_a, excl_b, row_ids = _row_masks(excl_ptr, qid_ptr, rows, row_ok, N, BLOCK_N, HAS_EXCL, HAS_IDS)
+    m, l, acc = _stream_negatives(q, s_pos, k, c_ptr, rows, dims, K, D, inv_t, excl_a, excl_b, row_ids,
+                                  cid_ptr, HAS_EXCL, HAS_IDS, BLOCK_K)
+    lse = m + tl.log(l)
+    tl.store(loss_ptr + rows, lse - s_pos, mask=row_ok)
+    if STORE_LSE:
+        tl.store(lse_ptr + rows, lse, mask=row_ok)
+    dq = _through_normalize((acc / l[:, None] - k) * inv_t, q, q_inv, NORMALIZE)
+    tl.store(dq_ptr + rows.to(tl.int64)[:, None] * D + dims[None, :], dq,
+             mask=row_ok[:, None] & (dims < D)[None, :])
+
+
+@triton.jit
 def _rows_kernel(
     q_ptr, k_ptr, c_ptr,            # queries (N, D), positives (N, D), negatives (K, D); row-major
     excl_ptr,                       # (2, N) int32 excluded columns per row, -1 for none (HAS_EXCL)
@@ -113,37 +135,8 @@ def _rows_kernel(
     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
-    dims = tl.arange(0, BLOCK_D)
-    row_ok = rows < N
-    q, q_inv = _load_rows(q_ptr, rows, dims, N, D, NORMALIZE)                  # BLOCK_N, BLOCK_D
-    k, _ = _load_rows(k_ptr, rows, dims, N, D, NORMALIZE)
-    s_pos = tl.sum(q * k, axis=1) * inv_t                                       # BLOCK_N
-    excl_a, excl_b, row_ids = _row_masks(excl_ptr, qid_ptr, rows, row_ok, N, BLOCK_N, HAS_EXCL, HAS_IDS)
-    m, l, acc = _stream_negatives(q, s_pos, k, c_ptr, rows, dims, K, D, inv_t, excl_a, excl_b, row_ids,
-                                  cid_ptr, HAS_EXCL, HAS_IDS, BLOCK_K)
-    lse = m + tl.log(l)
-    tl.store(loss_ptr + rows, lse - s_pos, mask=row_ok)
-    tl.store(lse_ptr + rows, lse, mask=row_ok)
-    dq = _through_normalize((acc / l[:, None] - k) * inv_t, q, q_inv, NORMALIZE)
-    tl.store(dq_ptr + rows.to(tl.int64)[:, None] * D + dims[None, :], dq,
-             mask=row_ok[:, None] & (dims < D)[None, :])
-
-
-@triton.jit
-def _scd_term(q_ptr, k_ptr, c_ptr, loss_ptr, dq_ptr, rows, dims, N, K, D, inv_t,
-              NORMALIZE: tl.constexpr, BLOCK_K: tl.constexpr):
-    """One SCD-Net term for a block of rows: per-row loss and dloss/dq."""
-    q, q_inv = _load_rows(q_ptr, rows, dims, N, D, NORMALIZE)
-    k, _ = _load_rows(k_ptr, rows, dims, N, D, NORMALIZE)
-    s_pos = tl.sum(q * k, axis=1) * inv_t
-    none = tl.full([q.shape[0]], -1, tl.int32)
-    m, l, acc = _stream_negatives(q, s_pos, k, c_ptr, rows, dims, K, D, inv_t, none, none,
-                                  none.to(tl.int64), c_ptr, False, False, BLOCK_K)
-    row_ok = rows < N
-    tl.store(loss_ptr + rows, m + tl.log(l) - s_pos, mask=row_ok)
-    dq = _through_normalize((acc / l[:, None] - k) * inv_t, q, q_inv, NORMALIZE)
-    tl.store(dq_ptr + rows.to(tl.int64)[:, None] * D + dims[None, :], dq,
-             mask=row_ok[:, None] & (dims < D)[None, :])
+    _rows_block(q_ptr, k_ptr, c_ptr, excl_ptr, qid_ptr, cid_ptr, loss_ptr, lse_ptr, dq_ptr, rows,
+                tl.arange(0, BLOCK_D), N, K, D, inv_t, HAS_EXCL, HAS_IDS, NORMALIZE, True, BLOCK_N, BLOCK_K)
 
 
 @triton.jit
@@ -205,12 +198,12 @@ def _scd_kernel(
     if queue == 0:
         _scd_shared_queue_terms(qt_ptr, qs_ptr, ki_ptr, iq_ptr, loss_ptr, dq_ptr, rows, dims, N, K, D, inv_t,
                                 NORMALIZE, BLOCK_K)
-    elif queue == 1:
-        _scd_term(qi_ptr, kt_ptr, tq_ptr, loss_ptr + 2 * N, dq_ptr + 2 * N * D, rows, dims, N, K, D, inv_t,
-                  NORMALIZE, BLOCK_K)
+    elif queue == 1:  # no masks and no lse: the pointers passed for them are never read
+        _rows_block(qi_ptr, kt_ptr, tq_ptr, loss_ptr, loss_ptr, loss_ptr, loss_ptr + 2 * N, loss_ptr,
+                    dq_ptr + 2 * N * D, rows, dims, N, K, D, inv_t, False, False, NORMALIZE, False, BLOCK_N, BLOCK_K)
     else:
-        _scd_term(qi_ptr, ks_ptr, sq_ptr, loss_ptr + 3 * N, dq_ptr + 3 * N * D, rows, dims, N, K, D, inv_t,
-                  NORMALIZE, BLOCK_K)
+        _rows_block(qi_ptr, ks_ptr, sq_ptr, loss_ptr, loss_ptr, loss_ptr, loss_ptr + 3 * N, loss_ptr,
+                    dq_ptr + 3 * N * D, rows, dims, N, K, D, inv_t, False, False, NORMALIZE, False, BLOCK_N, BLOCK_K)
 
 
 @triton.jit

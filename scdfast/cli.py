@@ -100,49 +100,37 @@ def build_parser() -> argparse.ArgumentParser:
                             description="Read a dataset as its authors ship it and write the array directory "
                                         "every command takes (--data DIR). Outputs appear only when complete.")
     formats = p.add_subparsers(dest="format", required=True, metavar="FORMAT")
-    f = formats.add_parser("ucla", help="NW-UCLA: the all_sqe JSON files (cross-view: views 1+2 train, 3 test)")
-    f.add_argument("--raw", required=True, help="the folder of aAA_sSS_eEE_vVV.json files")
-    f.add_argument("--out", required=True, help="the dataset directory to write (replaced when complete)")
-    f.add_argument("--skip-bad", action="store_true",
-                   help="skip unreadable or malformed files, listing each and why in OUT/skipped.txt")
-    f.add_argument("--no-progress", action="store_true", help="no progress bars (for logs)")
-    f = formats.add_parser("ntu", help="NTU RGB+D 60/120: raw .skeleton files (body selection, normalisation and "
-                                       "splits as the AGCN preprocessing; T 300, 2 bodies)")
-    f.add_argument("--raw", required=True, help="the folder of SsssCcccPpppRrrrAaaa.skeleton files")
-    f.add_argument("--out", required=True, help="the dataset directory to write (replaced when complete)")
+    f = _prepare_format(formats, "ntu", "NTU RGB+D 60/120: raw .skeleton files (body selection, normalisation "
+                        "and splits as the AGCN preprocessing; T 300, 2 bodies)", "SsssCcccPpppRrrrAaaa.skeleton")
     f.add_argument("--dataset", choices=("ntu60", "ntu120"), default="ntu60",
                    help="ntu60 takes setups 1-17 only (default), ntu120 all")
     f.add_argument("--benchmark", choices=("xsub", "xview", "xset"), default="xsub",
                    help="xsub (both), xview (ntu60) or xset (ntu120); default xsub")
     f.add_argument("--jobs", type=int, help="worker processes parsing files (default: every core)")
-    f.add_argument("--skip-bad", action="store_true",
-                   help="skip unreadable or malformed files, listing each and why in OUT/skipped.txt")
-    f.add_argument("--no-progress", action="store_true", help="no progress bars (for logs)")
-    f = formats.add_parser("msr3d", help="MSR Action3D: the Real3D skeleton text files (cross-subject: odd "
-                                         "subjects train, even test; reordered into kinect20)")
-    f.add_argument("--raw", required=True, help="the folder of aXX_sYY_eZZ_skeleton3D.txt files")
-    f.add_argument("--out", required=True, help="the dataset directory to write (replaced when complete)")
+    _prepare_format(formats, "ucla", "NW-UCLA: the all_sqe JSON files (cross-view: views 1+2 train, 3 test)",
+                    "aAA_sSS_eEE_vVV.json")
+    f = _prepare_format(formats, "msr3d", "MSR Action3D: the Real3D skeleton text files (cross-subject: odd "
+                        "subjects train, even test; reordered into kinect20; the release's all-zero a13_s09_e02 "
+                        "needs --skip-bad)", "aXX_sYY_eZZ_skeleton3D.txt")
     f.add_argument("--files", help="only the sequence names listed in this file (e.g. files_used_in_cvpr12_paper.txt)")
-    f.add_argument("--skip-bad", action="store_true",
-                   help="skip unreadable or malformed files (the release's all-zero a13_s09_e02 among them), "
-                        "listing each and why in OUT/skipped.txt")
-    f.add_argument("--no-progress", action="store_true", help="no progress bars (for logs)")
-    f = formats.add_parser("utd-mhad", help="UTD-MHAD: the aA_sS_tT_skeleton.mat files (cross-subject: odd "
-                                            "subjects train, even test; reordered into kinect20)")
-    f.add_argument("--raw", required=True, help="the folder of aA_sS_tT_skeleton.mat files")
-    f.add_argument("--out", required=True, help="the dataset directory to write (replaced when complete)")
-    f.add_argument("--skip-bad", action="store_true",
-                   help="skip unreadable or malformed files, listing each and why in OUT/skipped.txt")
-    f.add_argument("--no-progress", action="store_true", help="no progress bars (for logs)")
-    f = formats.add_parser("sbu", help="SBU Kinect Interaction: two-person skeleton_pos.txt files (5-fold "
-                                       "cross-validation over participant pairs; sbu15 layout, 2 bodies)")
-    f.add_argument("--raw", required=True, help="the folder of sAAsBB/<class>/<run>/skeleton_pos.txt")
-    f.add_argument("--out", required=True, help="the dataset directory to write (replaced when complete)")
+    _prepare_format(formats, "utd-mhad", "UTD-MHAD: the aA_sS_tT_skeleton.mat files (cross-subject: odd "
+                    "subjects train, even test; reordered into kinect20)", "aA_sS_tT_skeleton.mat")
+    f = _prepare_format(formats, "sbu", "SBU Kinect Interaction: two-person skeleton_pos.txt files (5-fold "
+                        "cross-validation over participant pairs; sbu15 layout, 2 bodies)",
+                        "sAAsBB/<class>/<run>/skeleton_pos.txt")
     f.add_argument("--fold", type=int, default=1, help="the fold tested on, 1..5 (default 1); the others train")
+    return parser
+
+
+def _prepare_format(formats, name: str, help_text: str, files: str) -> argparse.ArgumentParser:
+    """A `scdfast prepare NAME` parser with the options every importer takes."""
+    f = formats.add_parser(name, help=help_text, description=help_text)
+    f.add_argument("--raw", required=True, help=f"the folder of {files} files")
+    f.add_argument("--out", required=True, help="the dataset directory to write (replaced when complete)")
     f.add_argument("--skip-bad", action="store_true",
                    help="skip unreadable or malformed files, listing each and why in OUT/skipped.txt")
     f.add_argument("--no-progress", action="store_true", help="no progress bars (for logs)")
-    return parser
+    return f
 
 
 def _overrides(args: argparse.Namespace, names: tuple[str, ...]) -> dict:
@@ -248,24 +236,24 @@ def _run_eval(args: argparse.Namespace) -> None:
 
 
 def _run_prepare(args: argparse.Namespace) -> None:
-    if args.format == "ntu":
-        from scdfast.data.prepare_ntu import prepare_ntu
-        counts = prepare_ntu(args.raw, args.out, dataset=args.dataset, benchmark=args.benchmark,
-                             skip_bad=args.skip_bad, jobs=args.jobs, progress=not args.no_progress)
-    elif args.format == "ucla":
-        from scdfast.data.prepare_ucla import prepare_ucla
-        counts = prepare_ucla(args.raw, args.out, skip_bad=args.skip_bad, progress=not args.no_progress)
-    elif args.format == "msr3d":
-        from scdfast.data.prepare_msr3d import prepare_msr3d
-        counts = prepare_msr3d(args.raw, args.out, files=args.files, skip_bad=args.skip_bad,
-                               progress=not args.no_progress)
-    elif args.format == "utd-mhad":
-        from scdfast.data.prepare_utd import prepare_utd
-        counts = prepare_utd(args.raw, args.out, skip_bad=args.skip_bad, progress=not args.no_progress)
-    else:
-        from scdfast.data.prepare_sbu import prepare_sbu
-        counts = prepare_sbu(args.raw, args.out, fold=args.fold, skip_bad=args.skip_bad,
-                             progress=not args.no_progress)
+    from scdfast.data import (
+        prepare_msr3d,
+        prepare_ntu,
+        prepare_sbu,
+        prepare_ucla,
+        prepare_utd,
+    )
+
+    common = {"skip_bad": args.skip_bad, "progress": not args.no_progress}
+    importers = {
+        "ntu": lambda: prepare_ntu.prepare_ntu(args.raw, args.out, dataset=args.dataset, benchmark=args.benchmark,
+                                               jobs=args.jobs, **common),
+        "ucla": lambda: prepare_ucla.prepare_ucla(args.raw, args.out, **common),
+        "msr3d": lambda: prepare_msr3d.prepare_msr3d(args.raw, args.out, files=args.files, **common),
+        "utd-mhad": lambda: prepare_utd.prepare_utd(args.raw, args.out, **common),
+        "sbu": lambda: prepare_sbu.prepare_sbu(args.raw, args.out, fold=args.fold, **common),
+    }
+    counts = importers[args.format]()
     print(f"wrote {args.out}: {counts['train']} training and {counts['val']} test sequences of up to "
           f"{counts['frames']} frames" + (f"; skipped {counts['skipped']} (see skipped.txt)" if counts["skipped"] else ""))
 

@@ -7,21 +7,14 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import write_synthetic_dataset
 
 from scdfast.cli import main
-from scdfast.data import generate
 
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
-    root = tmp_path_factory.mktemp("data")
-    for split, seed in (("train", 0), ("val", 1)):
-        s = generate(24, seed=seed, num_classes=3, max_frames=300)
-        np.save(root / f"{split}_data_joint.npy", s.data)
-        np.save(root / f"{split}_num_frame.npy", s.num_frames)
-        with open(root / f"{split}_label.pkl", "wb") as f:
-            pickle.dump(([f"s{i}" for i in range(24)], s.labels.tolist()), f)
-    return root
+    return write_synthetic_dataset(tmp_path_factory.mktemp("data"), max_frames=300)
 
 
 @pytest.fixture(scope="module")

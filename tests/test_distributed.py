@@ -2,18 +2,16 @@
 parameters in sync, and the loss of a single process computing the same global batch in
 the same per-rank shards (BatchNorm statistics are per shard under DDP)."""
 import os
-import pickle
 import socket
 import subprocess
 import sys
 
-import numpy as np
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from conftest import write_synthetic_dataset
 
 from scdfast.config import SCDConfig
-from scdfast.data import generate
 from scdfast.losses import scd_loss
 from scdfast.models import SCDNet
 from scdfast.train.distributed import Distributed
@@ -117,11 +115,7 @@ def test_torchrun_pretrain_end_to_end(tmp_path):
     """`torchrun --nproc_per_node 2 -m scdfast pretrain ...` as the README shows it."""
     data = tmp_path / "data"
     data.mkdir()
-    for split, seed in (("train", 0), ("val", 1)):
-        s = generate(32, seed=seed, num_classes=3, max_frames=100)
-        np.save(data / f"{split}_data_joint.npy", s.data)
-        with open(data / f"{split}_label.pkl", "wb") as f:
-            pickle.dump(([f"s{i}" for i in range(32)], s.labels.tolist()), f)
+    write_synthetic_dataset(data, samples=32, max_frames=100, num_frames_file=False)
     run = tmp_path / "run"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",

@@ -79,7 +79,7 @@ def test_full_release_has_the_standard_split(tmp_path):
     (lambda text: text.replace("[", "[\"x\", ", 3), "non-numeric value or ragged"),
     (lambda text: json.dumps({**json.loads(text), "skeletons": [f[:15] for f in json.loads(text)["skeletons"]]}),
      r"shape \(T, 20, 3\)"),
-    (lambda text: json.dumps({**json.loads(text), "skeletons": []}), "shape|zero frames"),
+    (lambda text: json.dumps({**json.loads(text), "skeletons": []}), "zero frames"),
     (lambda text: json.dumps({**json.loads(text), "label": 7}), "disagrees with action"),
 ])
 def test_malformed_copies_of_real_files_are_named(tmp_path, damage, message):

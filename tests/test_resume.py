@@ -4,32 +4,23 @@ a full disk leave the last good checkpoint intact."""
 import csv
 import errno
 import os
-import pickle
 import signal
 import subprocess
 import sys
 import time
 
-import numpy as np
 import pytest
 import torch
+from conftest import write_synthetic_dataset
 
 from scdfast.cli import main
-from scdfast.data import generate
 
 STEPS_PER_EPOCH, EPOCHS = 3, 3  # 24 samples, batch 8
 
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
-    root = tmp_path_factory.mktemp("data")
-    for split, seed in (("train", 0), ("val", 1)):
-        s = generate(24, seed=seed, num_classes=3, max_frames=120)
-        np.save(root / f"{split}_data_joint.npy", s.data)
-        np.save(root / f"{split}_num_frame.npy", s.num_frames)
-        with open(root / f"{split}_label.pkl", "wb") as f:
-            pickle.dump(([f"s{i}" for i in range(24)], s.labels.tolist()), f)
-    return root
+    return write_synthetic_dataset(tmp_path_factory.mktemp("data"), max_frames=120)
 
 
 def _args(dataset, run_dir):

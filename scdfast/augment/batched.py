@@ -127,16 +127,16 @@ class BatchAugmenter:
         self.seed, self.backend = seed, backend
         self.layout = get_layout(layout)
         self.num_joints = self.layout.num_joints
-        self._layout: dict[str, tuple] = {}
+        self._constants_by_device: dict[str, tuple] = {}
 
     # ---- layout constants, one copy per device --------------------------------------------
     def _constants(self, device: torch.device) -> tuple:
         key = str(device)
-        if key not in self._layout:
-            self._layout[key] = tuple(torch.from_numpy(a).to(device) for a in (
+        if key not in self._constants_by_device:
+            self._constants_by_device[key] = tuple(torch.from_numpy(a).to(device) for a in (
                 self.layout.flip_permutation.astype(np.int32), self.layout.bone_parent.astype(np.int32),
                 structural_mask_scores(self.layout).astype(np.float64)))
-        return self._layout[key]                                    # perm, parent, scores
+        return self._constants_by_device[key]                                    # perm, parent, scores
 
     # ---- validation, before any launch ------------------------------------------------------
     def check(self, data, num_frames, index, validate_values: bool = True) -> None:

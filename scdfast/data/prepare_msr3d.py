@@ -13,10 +13,9 @@ import os
 import re
 
 import numpy as np
-from tqdm.auto import tqdm
 
+from scdfast.data.importer import read_each, require_both_splits, write_sequences
 from scdfast.data.layouts import KINECT20
-from scdfast.data.writer import write_sequences
 from scdfast.errors import ScdError
 
 # kinect20 joint k takes MSR joint MSR_TO_KINECT20[k] (both 0-based here).
@@ -54,7 +53,7 @@ def prepare_msr3d(raw: str, out: str, files: str | None = None, skip_bad: bool =
                   progress: bool = True) -> dict:
     if not os.path.isdir(raw):
         raise ScdError(f"--raw {raw}: no such directory")
-    names = sorted(f for f in os.listdir(raw) if f.endswith("_skeleton3D.txt"))
+    names = sorted(f for f in os.listdir(raw) if _NAME.match(f.removesuffix(".txt")))
     if files is not None:
         try:
             with open(files) as f:  # names with or without the _skeleton3D.txt suffix
@@ -66,21 +65,10 @@ def prepare_msr3d(raw: str, out: str, files: str | None = None, skip_bad: bool =
         raise ScdError(f"--raw {raw}: no aXX_sYY_eZZ_skeleton3D.txt files")
     splits: dict[str, list] = {"train": [], "val": []}
     skipped: list[str] = []
-    for name in tqdm(names, desc="msr3d: read", unit="file", disable=not progress):
-        path = os.path.join(raw, name)
-        stem = name.removesuffix(".txt")
-        match = _NAME.match(stem)
-        try:
-            if not match:
-                raise ScdError(f"{path}: the name is not aXX_sYY_eZZ_skeleton3D.txt")
-            seq = read_sequence(path)[:, MSR_TO_KINECT20]
-        except ScdError as exc:
-            if not skip_bad:
-                raise ScdError(f"{exc} (--skip-bad leaves such files out)") from None
-            skipped.append(str(exc))
-            continue
-        action, subject = int(match.group(1)), int(match.group(2))
-        splits["train" if subject % 2 else "val"].append((stem, seq[:, None], action - 1))
-    if not splits["train"] or not splits["val"]:
-        raise ScdError(f"--raw {raw}: need files of odd (train) and even (test) subjects")
+    paths = [os.path.join(raw, name) for name in names]
+    for path, seq in read_each(paths, read_sequence, skip_bad, skipped, "msr3d: read", progress):
+        stem = os.path.basename(path).removesuffix(".txt")
+        action, subject = (int(g) for g in _NAME.match(stem).groups()[:2])
+        splits["train" if subject % 2 else "val"].append((stem, seq[:, MSR_TO_KINECT20][:, None], action - 1))
+    require_both_splits(splits, f"--raw {raw} (odd subjects train, even test)")
     return write_sequences(out, KINECT20, splits, skipped)

@@ -22,8 +22,8 @@ from concurrent.futures import ProcessPoolExecutor
 from importlib import resources
 
 import numpy as np
-from tqdm.auto import tqdm
 
+from scdfast.data.importer import read_each
 from scdfast.data.layouts import NTU25
 from scdfast.data.text_numbers import parse_numbers
 from scdfast.data.writer import DatasetWriter
@@ -219,13 +219,6 @@ def convert(path: str) -> tuple[np.ndarray, int]:
     return data.transpose(3, 1, 2, 0), min(xyz.shape[1], MAX_FRAMES)
 
 
-def _convert_or_error(path: str):
-    try:
-        return convert(path)
-    except ScdError as exc:
-        return str(exc)
-
-
 # ---- the command ---------------------------------------------------------------------------
 
 def prepare_ntu(raw: str, out: str, dataset: str = "ntu60", benchmark: str = "xsub", skip_bad: bool = False,
@@ -256,28 +249,18 @@ def prepare_ntu(raw: str, out: str, dataset: str = "ntu60", benchmark: str = "xs
     with DatasetWriter(out, NTU25) as writer, ProcessPoolExecutor(jobs or os.cpu_count()) as pool:
         for split, stems in splits.items():
             array = writer.split(split, (len(stems), 3, MAX_FRAMES, JOINTS, MAX_BODIES))
-            kept, frames, row = [], [], 0
+            kept, frames = [], []
             paths = [os.path.join(raw, s + ".skeleton") for s in stems]
-            results = pool.map(_convert_or_error, paths, chunksize=8)
-            for stem, result in tqdm(zip(stems, results), total=len(stems), desc=f"ntu: {split}", unit="file",
-                                     disable=not progress):
-                if isinstance(result, str):
-                    if not skip_bad:
-                        raise ScdError(f"{result} (--skip-bad leaves such files out)")
-                    skipped.append(result)
-                    continue
-                array[row] = result[0]
-                kept.append(stem)
-                frames.append(result[1])
-                row += 1
-            if row == 0:
+            for path, (data, length) in read_each(paths, convert, skip_bad, skipped, f"ntu: {split}", progress, pool):
+                array[len(kept)] = data  # streamed: never the whole split in memory
+                kept.append(os.path.basename(path).removesuffix(".skeleton"))
+                frames.append(length)
+            if not kept:
                 raise ScdError(f"--raw {raw}: the {split} split of {dataset} {benchmark} has no usable file")
-            if row < len(stems):  # files were skipped: keep the filled rows only
-                array = writer.shrink(split, row)
+            if len(kept) < len(stems):  # files were skipped: keep the filled rows only
+                writer.shrink(split, len(kept))
             writer.finish_split(split, kept, [int(s[-3:]) - 1 for s in kept], frames)
             counts[split] = len(kept)
         if skipped:
             writer.write_text("skipped.txt", "\n".join(skipped) + "\n")
-    kept = len(splits["train"]) + len(splits["val"]) - len(skipped)
-    return {"train": counts["train"], "val": counts["val"], "skipped": len(skipped), "frames": MAX_FRAMES,
-            "kept": kept}
+    return {**counts, "skipped": len(skipped), "frames": MAX_FRAMES}

@@ -12,10 +12,9 @@ from __future__ import annotations
 import os
 
 import numpy as np
-from tqdm.auto import tqdm
 
+from scdfast.data.importer import read_each, require_both_splits, write_sequences
 from scdfast.data.layouts import SBU15
-from scdfast.data.writer import write_sequences
 from scdfast.errors import ScdError
 
 FOLDS = (
@@ -73,17 +72,11 @@ def prepare_sbu(raw: str, out: str, fold: int = 1, skip_bad: bool = False, progr
         raise ScdError(f"--raw {raw}: no <pair>/<class>/<run>/skeleton_pos.txt files of SBU's participant pairs")
     splits: dict[str, list] = {"train": [], "val": []}
     skipped: list[str] = []
-    for pair, label, run in tqdm(found, desc="sbu: read", unit="file", disable=not progress):
-        path = os.path.join(raw, pair, f"{label:02d}", run, "skeleton_pos.txt")
-        try:
-            seq = read_sequence(path)
-        except ScdError as exc:
-            if not skip_bad:
-                raise
-            skipped.append(str(exc))
-            continue
-        split = "val" if pair in FOLDS[fold - 1] else "train"
-        splits[split].append((f"{pair}_{label:02d}_{run}", seq, label - 1))
-    if not splits["train"] or not splits["val"]:
-        raise ScdError(f"--raw {raw}: fold {fold} leaves the training or the test split empty")
+    paths = [os.path.join(raw, pair, f"{label:02d}", run, "skeleton_pos.txt") for pair, label, run in found]
+    sequences = dict(read_each(paths, read_sequence, skip_bad, skipped, "sbu: read", progress))
+    for (pair, label, run), path in zip(found, paths):
+        if path in sequences:
+            split = "val" if pair in FOLDS[fold - 1] else "train"
+            splits[split].append((f"{pair}_{label:02d}_{run}", sequences[path], label - 1))
+    require_both_splits(splits, f"--raw {raw} (fold {fold})")
     return write_sequences(out, SBU15, splits, skipped, bodies=2)

@@ -15,10 +15,9 @@ import re
 from dataclasses import dataclass
 
 import numpy as np
-from tqdm.auto import tqdm
 
+from scdfast.data.importer import read_each, require_both_splits, write_sequences
 from scdfast.data.layouts import KINECT20
-from scdfast.data.writer import write_sequences
 from scdfast.errors import ScdError
 
 ACTIONS = (1, 2, 3, 4, 5, 6, 8, 9, 11, 12)
@@ -52,14 +51,14 @@ def read_sequence(path: str) -> Sequence:
         raise ScdError(f"{path}: unreadable ({exc})") from None
     if not isinstance(record, dict) or "skeletons" not in record:
         raise ScdError(f"{path}: no 'skeletons' field")
+    if record["skeletons"] == []:
+        raise ScdError(f"{path}: zero frames")
     try:
         skeleton = np.asarray(record["skeletons"], dtype=np.float32)
     except (TypeError, ValueError):
         raise ScdError(f"{path}: 'skeletons' holds a non-numeric value or ragged frames") from None
     if skeleton.ndim != 3 or skeleton.shape[1:] != (KINECT20.num_joints, 3):
         raise ScdError(f"{path}: expected 'skeletons' of shape (T, 20, 3), got {skeleton.shape}")
-    if skeleton.shape[0] == 0:
-        raise ScdError(f"{path}: zero frames")
     if not np.isfinite(skeleton).all():
         raise ScdError(f"{path}: 'skeletons' contains NaN or Inf")
     label = ACTIONS.index(action)
@@ -75,22 +74,12 @@ def prepare_ucla(raw: str, out: str, skip_bad: bool = False, progress: bool = Tr
     files = sorted(f for f in os.listdir(raw) if f.endswith(".json"))
     if not files:
         raise ScdError(f"--raw {raw}: no .json files (expected NW-UCLA's all_sqe folder)")
-    splits: dict[str, list[Sequence]] = {"train": [], "val": []}
+    splits: dict[str, list] = {"train": [], "val": []}
     skipped: list[str] = []
-    for name in tqdm(files, desc="ucla: read", unit="file", disable=not progress):
-        path = os.path.join(raw, name)
-        try:
-            seq = read_sequence(path)
-        except ScdError as exc:
-            if not skip_bad:
-                raise
-            skipped.append(str(exc))
-            continue
-        if seq.view in TRAIN_VIEWS:
-            splits["train"].append(seq)
-        elif seq.view in TEST_VIEWS:
-            splits["val"].append(seq)
-    if not splits["train"] or not splits["val"]:
-        raise ScdError(f"--raw {raw}: need files of views 1-2 (train) and 3 (test)")
-    entries = {split: [(s.name, s.skeleton[:, None], s.label) for s in seqs] for split, seqs in splits.items()}
-    return write_sequences(out, KINECT20, entries, skipped)
+    paths = [os.path.join(raw, name) for name in files]
+    for _, seq in read_each(paths, read_sequence, skip_bad, skipped, "ucla: read", progress):
+        split = "train" if seq.view in TRAIN_VIEWS else "val" if seq.view in TEST_VIEWS else None
+        if split is not None:
+            splits[split].append((seq.name, seq.skeleton[:, None], seq.label))
+    require_both_splits(splits, f"--raw {raw} (views 1-2 train, 3 test)")
+    return write_sequences(out, KINECT20, splits, skipped)

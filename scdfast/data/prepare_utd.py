@@ -11,10 +11,9 @@ import os
 import re
 
 import numpy as np
-from tqdm.auto import tqdm
 
+from scdfast.data.importer import read_each, require_both_splits, write_sequences
 from scdfast.data.layouts import KINECT20
-from scdfast.data.writer import write_sequences
 from scdfast.errors import ScdError
 
 # kinect20 joint k takes UTD joint UTD_TO_KINECT20[k] (0-based): hip centre, spine, shoulder
@@ -50,16 +49,11 @@ def prepare_utd(raw: str, out: str, skip_bad: bool = False, progress: bool = Tru
         raise ScdError(f"--raw {raw}: no aA_sS_tT_skeleton.mat files")
     splits: dict[str, list] = {"train": [], "val": []}
     skipped: list[str] = []
-    for name in tqdm(names, desc="utd-mhad: read", unit="file", disable=not progress):
+    paths = [os.path.join(raw, name) for name in names]
+    for path, seq in read_each(paths, read_sequence, skip_bad, skipped, "utd-mhad: read", progress):
+        name = os.path.basename(path)
         action, subject, _ = (int(g) for g in _NAME.match(name).groups())
-        try:
-            seq = read_sequence(os.path.join(raw, name))[:, UTD_TO_KINECT20]
-        except ScdError as exc:
-            if not skip_bad:
-                raise
-            skipped.append(str(exc))
-            continue
-        splits["train" if subject % 2 else "val"].append((name.removesuffix(".mat"), seq[:, None], action - 1))
-    if not splits["train"] or not splits["val"]:
-        raise ScdError(f"--raw {raw}: need files of odd (train) and even (test) subjects")
+        splits["train" if subject % 2 else "val"].append((name.removesuffix(".mat"), seq[:, UTD_TO_KINECT20][:, None],
+                                                          action - 1))
+    require_both_splits(splits, f"--raw {raw} (odd subjects train, even test)")
     return write_sequences(out, KINECT20, splits, skipped)

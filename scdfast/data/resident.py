@@ -30,6 +30,13 @@ class Batch:
     index: torch.Tensor | np.ndarray
 
 
+def _copied(source: np.ndarray, target: torch.Tensor) -> torch.Tensor:
+    """Fill `target` from a (possibly memory-mapped) array in chunks, never holding it twice."""
+    for lo in range(0, source.shape[0], _COPY_CHUNK):
+        target[lo:lo + _COPY_CHUNK].copy_(torch.from_numpy(np.ascontiguousarray(source[lo:lo + _COPY_CHUNK])))
+    return target
+
+
 class ResidentData:
     """`placement` is "device" (all of it on the GPU), "pinned" (host, copied per batch) or
     "host" (CPU training: read in place)."""
@@ -44,7 +51,6 @@ class ResidentData:
         if bad.any():
             raise ScdError(f"num_frames[{int(np.flatnonzero(bad)[0])}]={int(nf[bad][0])} is outside [1, {data.shape[2]}]")
         self.device = device
-        self.num_samples = data.shape[0]
         self.num_frames_host = nf.astype(np.int32)
         if device.type != "cuda":
             self.placement = "host"
@@ -53,23 +59,15 @@ class ResidentData:
         free, _ = torch.cuda.mem_get_info(device)
         if data.nbytes + headroom_bytes <= free:
             self.placement = "device"
-            self.data = torch.empty(data.shape, dtype=torch.float32, device=device)
-            for lo in range(0, data.shape[0], _COPY_CHUNK):  # chunks: never the whole array twice on the host
-                self.data[lo:lo + _COPY_CHUNK].copy_(torch.from_numpy(np.ascontiguousarray(data[lo:lo + _COPY_CHUNK])))
+            self.data = _copied(data, torch.empty(data.shape, dtype=torch.float32, device=device))
         else:
             self.placement = "pinned"
-            self.data = torch.empty(data.shape, dtype=torch.float32, pin_memory=True)
-            for lo in range(0, data.shape[0], _COPY_CHUNK):
-                self.data[lo:lo + _COPY_CHUNK].copy_(torch.from_numpy(np.ascontiguousarray(data[lo:lo + _COPY_CHUNK])))
+            self.data = _copied(data, torch.empty(data.shape, dtype=torch.float32, pin_memory=True))
             if verbose:
                 print(f"scdfast: the training array ({data.nbytes / 2**30:.1f} GiB) does not fit beside the model "
                       f"in {free / 2**30:.1f} GiB free on {device}; it stays in pinned host memory and each "
                       f"batch is copied", file=sys.stderr)
         self.num_frames = torch.from_numpy(self.num_frames_host).to(device)
-
-    @property
-    def nbytes(self) -> int:
-        return int(self.data.nbytes) if isinstance(self.data, np.ndarray) else self.data.numel() * 4
 
     def batch(self, index: np.ndarray) -> Batch:
         """The samples `index` (host int array), as the augmenter reads them."""

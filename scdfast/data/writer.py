@@ -68,9 +68,7 @@ class DatasetWriter:
             f.write(text)
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        for array in self._arrays.values():
-            del array
-        self._arrays.clear()
+        self._arrays.clear()  # drop the memory maps before the directory moves
         if exc_type is not None:
             shutil.rmtree(self.tmp, ignore_errors=True)
             return
@@ -85,25 +83,3 @@ class DatasetWriter:
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
 
-
-def write_sequences(out: str, layout: SkeletonLayout, splits: dict, skipped: list[str], bodies: int = 1) -> dict:
-    """Write {"train": [...], "val": [...]} of (name, (T, M, V, 3) array, label) sequences as a
-    dataset directory: T is the longest sequence, shorter ones are zero-padded; each sequence
-    is translated so that the layout's centre joint of body 0 in frame 0 is the origin."""
-    frames = max(seq.shape[0] for entries in splits.values() for _, seq, _ in entries)
-    with DatasetWriter(out, layout) as writer:
-        for split, entries in splits.items():
-            array = writer.split(split, (len(entries), 3, frames, layout.num_joints, bodies))
-            for i, (_, seq, _) in enumerate(entries):
-                array[i, :, : seq.shape[0]] = centred(seq, layout).transpose(3, 0, 2, 1)
-            writer.finish_split(split, [n for n, _, _ in entries], [y for _, _, y in entries],
-                                [seq.shape[0] for _, seq, _ in entries])
-        if skipped:
-            writer.write_text("skipped.txt", "\n".join(skipped) + "\n")
-    return {"train": len(splits["train"]), "val": len(splits["val"]), "skipped": len(skipped), "frames": frames}
-
-
-def centred(seq: np.ndarray, layout: SkeletonLayout) -> np.ndarray:
-    """(T, M, V, 3) minus the centre joint of body 0 in frame 0; absent (all-zero) bodies stay zero."""
-    present = np.abs(seq).sum(axis=(2, 3), keepdims=True) > 0                        # T, M, 1, 1
-    return np.where(present, seq - seq[0, 0, layout.center], 0.0).astype(np.float32)

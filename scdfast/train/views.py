@@ -51,13 +51,13 @@ class ViewSource:
         batch = self.resident.batch(index)
         both = (torch.cat([batch.index, batch.index]) if isinstance(batch.index, torch.Tensor)
                 else np.concatenate([batch.index, batch.index]))
-        positions = np.arange(lo, hi)
-        view_ids = torch.from_numpy(np.concatenate([positions, len(everything) + positions]))
-        if isinstance(batch.index, torch.Tensor):
-            view_ids = view_ids.to(batch.index.device, non_blocking=True)
+        view_ids = None  # one process: view i draws stream i
+        if shard is not None:  # made where the kernel runs: no copy beyond the indices
+            where = batch.index.device if isinstance(batch.index, torch.Tensor) else None
+            positions = torch.arange(lo, hi, device=where)
+            view_ids = torch.cat([positions, positions + len(everything)])
         views = self.augmenter(batch.data, batch.num_frames, both, step, validate=False, view_ids=view_ids)
-        views = views.to(self.device, non_blocking=True)
-        return views[: len(index)], views[len(index):]
+        return views[: len(index)], views[len(index):]  # on self.device: where ResidentData put the batch
 
 
 def epoch_order(seed: int, epoch: int, num_samples: int) -> np.ndarray:
