@@ -1,4 +1,4 @@
-"""The `scdfast` command line: pretrain, linear, knn.
+"""The `scdfast` command line: pretrain, the downstream protocols, report, prepare.
 
 Only this module parses arguments; everything it calls takes config dataclasses. A user
 error (ScdError, a missing file) prints one line and exits with status 2.
@@ -9,8 +9,6 @@ import argparse
 import json
 import os
 import sys
-
-import torch
 
 from scdfast.config import LinearConfig, PretrainConfig, SCDConfig, preset
 from scdfast.errors import ScdError
@@ -32,22 +30,95 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bars (for logs)")
 
 
-def _encoder_source(parser: argparse.ArgumentParser) -> None:
+def _protocol_common(parser: argparse.ArgumentParser, random_init: bool = True) -> None:
+    """Options every protocol command takes: the encoders, streams, cache and figures."""
     group = parser.add_mutually_exclusive_group(required=True)
-    group.add_argument("--checkpoint", help="a pretraining run directory or checkpoint file (scdfast's or the "
-                                            "authors' official SCD-Net checkpoint)")
-    group.add_argument("--random-init", action="store_true",
-                       help="evaluate a randomly initialised encoder of the preset's size instead")
+    group.add_argument("--checkpoint", action="append",
+                       help="a pretraining run directory or checkpoint file (scdfast's, or the authors' official "
+                            "SCD-Net checkpoint); give one per stream for the three-stream ensemble")
+    if random_init:
+        group.add_argument("--random-init", action="store_true",
+                           help="evaluate a randomly initialised encoder of the preset's size instead")
     parser.add_argument("--random-baseline", action="store_true",
                         help="with --checkpoint, also evaluate a randomly initialised encoder of the same "
-                             "architecture and seed, for comparison")
+                             "architecture, seed and stream, for comparison")
+    parser.add_argument("--streams", type=lambda text: tuple(text.split(",")),
+                        help="comma-separated streams (joint, motion, bone): with --random-init the streams to "
+                             "evaluate (default joint); with --checkpoint the stream of each checkpoint in order "
+                             "(default: the stream it was pretrained on). Two or more streams add the ensemble "
+                             "row (summed class scores)")
+    parser.add_argument("--no-figures", action="store_true", help="skip the confusion-matrix and embedding PNGs")
+    parser.add_argument("--embedding", choices=("pca", "tsne"), default="pca",
+                        help="the 2-D projection of test features in embedding-*.png (default pca)")
+
+
+def _feature_cache(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--feature-cache", metavar="DIR",
+                        help="where frozen-encoder features are cached, one file per checkpoint, dataset split "
+                             "and stream (default ~/.cache/scdfast/features)")
+    parser.add_argument("--no-feature-cache", action="store_true", help="always recompute features")
+
+
+def _linear_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--epochs", type=int, help="override the classifier's epochs (paper: 80)")
+    parser.add_argument("--lr", type=float, help="override the classifier's learning rate (paper: 2.0)")
+    parser.add_argument("--batch-size", type=int, help="override the classifier's batch size (paper: 1024)")
+    parser.add_argument("--standardize", action="store_true",
+                        help="z-score features with the training set's statistics before the classifier (a frozen "
+                             "BatchNorm; not in the authors' protocol); a learning rate near 0.1 suits it")
+    parser.add_argument("--exact-protocol", action="store_true",
+                        help="run the frozen encoder on every batch of every epoch, as the authors' script does, "
+                             "instead of training on cached features (same result, far slower)")
+
+
+def _finetune_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--epochs", type=int, help="override the epochs (default 100; tiny 30)")
+    parser.add_argument("--lr", type=float, help="override the learning rate (default 0.1; tiny 0.01)")
+    parser.add_argument("--batch-size", type=int, help="override the batch size (default 128; tiny 32)")
+    parser.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
+                        help="default auto: bf16 autocast on CUDA, fp32 on the CPU")
+
+
+def _knn_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--k", type=int, default=1, help="neighbours that vote (default 1)")
+
+
+def _label_fraction(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--labels", required=True, metavar="FRACTION",
+                        help="labelled fraction of the training set: a percentage (1%%, 10%%) or a fraction in (0, 1]")
+
+
+# name, --help line, description, option groups
+_PROTOCOL_PARSERS = (
+    ("linear", "linear evaluation of a frozen encoder",
+     "Train a linear classifier on the frozen encoder's features (paper: SGD lr 2.0, batch 1024, 80 epochs, x0.1 at "
+     "50 and 70) and report test top-1/top-5. Features are computed once per checkpoint and cached.",
+     (_feature_cache, _linear_options)),
+    ("knn", "kNN retrieval accuracy of a frozen encoder",
+     "k-nearest-neighbour classification of test features against training features under cosine similarity (the "
+     "paper reports k=1), in chunks on the device; top-1 and top-5.",
+     (_feature_cache, _knn_options)),
+    ("semi", "semi-supervised: fine-tune on a fraction of the labels",
+     "Fine-tune the encoder with a classifier on a class-stratified, seeded fraction of the training labels (the "
+     "paper's 1% and 10%), then test on the whole test set.",
+     (_label_fraction, _finetune_options)),
+    ("finetune", "fine-tune the whole network with every label",
+     "Train encoder and classifier together on every training label (SGD lr 0.1, batch 128, 100 epochs, x0.1 at 80 "
+     "by default), then test.",
+     (_finetune_options,)),
+    ("transfer", "linear evaluation on another dataset of the same layout",
+     "Linear evaluation of an encoder pretrained on one dataset, on another dataset with the same skeleton layout "
+     "(the paper: NTU-120 -> PKU-MMD II; here e.g. NW-UCLA -> MSR Action3D or UTD-MHAD).",
+     (_feature_cache, _linear_options)),
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="scdfast",
         description="Self-supervised skeleton action recognition with SCD-Net: pretrain an encoder "
-                    "without labels, then evaluate it by linear classification or kNN retrieval.")
+                    "without labels, then evaluate it by linear classification, kNN retrieval, "
+                    "semi-supervised training, fine-tuning or transfer, and merge the results into a table.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = commands.add_parser("pretrain", help="MoCo pretraining of SCD-Net (no labels used)",
@@ -77,24 +148,19 @@ def build_parser() -> argparse.ArgumentParser:
                    help="view generation: 'batched' Numba kernels on the training device (default) or the "
                         "per-sample NumPy 'reference'")
 
-    p = commands.add_parser("linear", help="linear evaluation of a frozen encoder",
-                            description="Train a linear classifier on the frozen encoder's features "
-                                        "(paper: SGD lr 2.0, batch 1024, 80 epochs) and report test top-1/top-5.")
-    _common(p)
-    _encoder_source(p)
-    p.add_argument("--epochs", type=int, help="override the classifier's epochs (paper: 80)")
-    p.add_argument("--lr", type=float, help="override the classifier's learning rate (paper: 2.0)")
-    p.add_argument("--batch-size", type=int, help="override the classifier's batch size")
-    p.add_argument("--standardize", action="store_true",
-                   help="z-score features with the training set's statistics before the classifier (a frozen "
-                        "BatchNorm; not in the authors' protocol); a learning rate near 0.1 suits it")
+    for name, help_text, description, options in _PROTOCOL_PARSERS:
+        p = commands.add_parser(name, help=help_text, description=description)
+        _common(p)
+        _protocol_common(p, random_init=name != "transfer")
+        for add in options:
+            add(p)
 
-    p = commands.add_parser("knn", help="kNN retrieval accuracy of a frozen encoder",
-                            description="k-nearest-neighbour classification of test features against training "
-                                        "features under cosine similarity (the paper reports k=1).")
-    _common(p)
-    _encoder_source(p)
-    p.add_argument("--k", type=int, default=1, help="neighbours that vote (default 1)")
+    p = commands.add_parser("report", help="merge protocol runs into one table",
+                            description="Read the results.json of each protocol run directory and print one "
+                                        "Markdown table in the paper's layout: a row per protocol (and stream, "
+                                        "encoder), a column per dataset.")
+    p.add_argument("runs", nargs="+", metavar="RUN", help="protocol run directories (or their results.json)")
+    p.add_argument("--out", help="also write the table to this file")
 
     p = commands.add_parser("prepare", help="convert a raw dataset download into a dataset directory",
                             description="Read a dataset as its authors ship it and write the array directory "
@@ -172,67 +238,49 @@ def _run_pretrain(args: argparse.Namespace) -> None:
     print(f"throughput: {result.report()}")
 
 
-def _encoders(args: argparse.Namespace, num_classes: int, train):
-    """(label, DownstreamEncoder, SCDConfig) for each encoder the command evaluates."""
-    from scdfast.data.dataset import model_shape
-    from scdfast.models import DownstreamEncoder
-    from scdfast.train.evaluate import load_encoder
-
-    shape = model_shape(train)
-    if args.random_init:
-        config = preset(args.preset, SCDConfig, **shape)
-        torch.manual_seed(args.seed)
-        return [("random init", DownstreamEncoder(config, num_classes), config)]
-    encoder, config = load_encoder(args.checkpoint, num_classes)
-    theirs = {"num_joints": config.num_joints, "num_bodies": config.num_bodies, "layout": config.layout}
-    if theirs != shape:
-        raise ScdError(f"--checkpoint {args.checkpoint}: the encoder takes {config.num_joints} joints x "
-                       f"{config.num_bodies} bodies (layout {config.skeleton.name}), the data "
-                       f"{shape['num_joints']} x {shape['num_bodies']} (layout {train.layout.name})")
-    out = [("pretrained", encoder, config)]
-    if args.random_baseline:
-        torch.manual_seed(args.seed)
-        out.append(("random init", DownstreamEncoder(config, num_classes), config))
-    return out
+PROTOCOL_COMMANDS = ("linear", "knn", "semi", "finetune", "transfer")
 
 
-def _run_eval(args: argparse.Namespace) -> None:
-    from scdfast.data import load_dataset
-    from scdfast.data.dataset import num_classes as count_classes
+def _run_protocol(args: argparse.Namespace) -> None:
+    from scdfast.config import FinetuneConfig
+    from scdfast.evaluation.features import default_cache_dir
+    from scdfast.evaluation.protocols import ProtocolRequest, run_protocol
+    from scdfast.evaluation.subsets import parse_fraction
     from scdfast.train.device import resolve_device
-    from scdfast.train.evaluate import extract_features, knn_accuracy, linear_probe
-    from scdfast.train.rundir import MetricsCSV, prepare_run_dir, save_json
+    from scdfast.train.rundir import prepare_run_dir
 
-    device = resolve_device(args.device)
-    train, test = load_dataset(args.data, seed=args.seed)
-    classes = count_classes(train, test)
-    run_dir = prepare_run_dir(args.run_dir, args.command)
-    if args.command == "linear":
-        linear = preset(args.preset, LinearConfig, standardize=args.standardize,
-                        **_overrides(args, ("epochs", "lr", "batch_size", "seed")))
-    results = {}
-    for label, encoder, config in _encoders(args, classes, train):
-        progress = not args.no_progress
-        train_x = extract_features(encoder, train, config.window, device, progress=progress, desc=f"{label}: train features")
-        test_x = extract_features(encoder, test, config.window, device, progress=progress, desc=f"{label}: test features")
-        train_y, test_y = torch.from_numpy(train.labels), torch.from_numpy(test.labels)
-        if args.command == "linear":
-            r = linear_probe(train_x, train_y, test_x, test_y, classes, linear, device, progress=progress)
-            results[label] = {"top1": r.top1, "top5": r.top5, "best_top1": r.best_top1}
-            print(f"linear evaluation, {label}: top-1 {r.top1:.2f}%  top-5 {r.top5:.2f}%  "
-                  f"(best top-1 over epochs {r.best_top1:.2f}%)")
-        else:
-            acc = knn_accuracy(train_x, train_y, test_x, test_y, k=args.k)
-            results[label] = {"top1": acc, "k": args.k}
-            print(f"{args.k}-NN retrieval, {label}: top-1 {acc:.2f}%")
-    print(f"chance level: {100.0 / classes:.2f}% ({classes} classes)")
-    save_json({"command": args.command, "data": args.data, "checkpoint": args.checkpoint,
-               "results": results, "num_classes": classes}, os.path.join(run_dir, "results.json"))
-    metrics = MetricsCSV(os.path.join(run_dir, "metrics.csv"), ["encoder", "metric", "value"])
-    for label, values in results.items():
-        for name, value in values.items():
-            metrics.write(encoder=label, metric=name, value=value)
-    metrics.close()
+    command = args.command
+    request = ProtocolRequest(
+        protocol=command, data=args.data if args.data == "synthetic" else os.path.abspath(args.data),
+        run_dir="", device=resolve_device(args.device), preset=args.preset,
+        checkpoints=tuple(args.checkpoint or ()), random_init=getattr(args, "random_init", False),
+        random_baseline=args.random_baseline, streams=args.streams, seed=args.seed,
+        embedding=args.embedding, figures=not args.no_figures, progress=not args.no_progress)
+    if command in ("linear", "transfer"):
+        request.linear = preset(args.preset, LinearConfig, standardize=args.standardize,
+                                **_overrides(args, ("epochs", "lr", "batch_size", "seed")))
+        request.exact = args.exact_protocol
+    if command in ("semi", "finetune"):
+        request.finetune = preset(args.preset, FinetuneConfig, **_overrides(args, ("epochs", "lr", "batch_size", "seed")))
+        request.precision = args.precision
+    if command == "semi":
+        request.label_fraction = parse_fraction(args.labels)
+    if command == "knn":
+        request.k = args.k
+    if command in ("linear", "knn", "transfer") and not args.no_feature_cache:
+        request.cache_dir = args.feature_cache or default_cache_dir()
+    request.run_dir = prepare_run_dir(args.run_dir, command)
+    run_protocol(request)
+
+
+def _run_report(args: argparse.Namespace) -> None:
+    from scdfast.evaluation.reports import merge_tables, read_report
+    from scdfast.train.rundir import atomic_write
+
+    table = merge_tables([read_report(run) for run in args.runs])
+    print(table, end="")
+    if args.out:
+        atomic_write(args.out, lambda f: f.write(table), mode="w")
 
 
 def _run_prepare(args: argparse.Namespace) -> None:
@@ -265,8 +313,10 @@ def main(argv: list[str] | None = None) -> int:
             _run_pretrain(args)
         elif args.command == "prepare":
             _run_prepare(args)
+        elif args.command == "report":
+            _run_report(args)
         else:
-            _run_eval(args)
+            _run_protocol(args)
     except (ScdError, FileNotFoundError, PermissionError) as exc:
         print(f"scdfast {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR

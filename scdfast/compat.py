@@ -56,7 +56,7 @@ def official_to_scdfast(state: dict[str, torch.Tensor]) -> dict[str, torch.Tenso
     return out
 
 
-def _strict_load(module: nn.Module, state: dict[str, torch.Tensor], path: str, what: str) -> None:
+def strict_load(module: nn.Module, state: dict[str, torch.Tensor], path: str, what: str) -> None:
     expected = module.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
@@ -78,7 +78,7 @@ def load_official_checkpoint(path: str | os.PathLike, config: SCDConfig | None =
     path = os.fspath(path)
     state = official_to_scdfast(_read_state_dict(path))
     model = SCDNet(config or SCDConfig.paper())
-    _strict_load(model, state, path, "SCD-Net's pretraining model")
+    strict_load(model, state, path, "SCD-Net's pretraining model")
     return model
 
 
@@ -99,7 +99,7 @@ def load_official_downstream(path: str | os.PathLike, num_classes: int | None = 
         model = DownstreamEncoder(config, num_classes)
         encoder_state = {k.removeprefix("encoder_q.encoder."): v for k, v in raw.items()
                          if k.startswith("encoder_q.encoder.")}
-        _strict_load(model.encoder, encoder_state, path, "SCD-Net's clue encoder")
+        strict_load(model.encoder, encoder_state, path, "SCD-Net's clue encoder")
         return model
     if "fc.weight" not in raw:
         raise ScdError(f"checkpoint {path}: neither a pretraining (encoder_q.*) nor a downstream (encoder.*, fc.*) checkpoint")
@@ -107,5 +107,5 @@ def load_official_downstream(path: str | os.PathLike, num_classes: int | None = 
     if num_classes is not None and num_classes != classes:
         raise ScdError(f"checkpoint {path}: its classifier has {classes} classes, the dataset has {num_classes}")
     model = DownstreamEncoder(config, classes)
-    _strict_load(model, raw, path, "SCD-Net's downstream encoder")
+    strict_load(model, raw, path, "SCD-Net's downstream encoder")
     return model

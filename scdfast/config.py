@@ -178,6 +178,38 @@ class LinearConfig(_Presets):
     _TINY = dict(batch_size=256)
 
 
+@dataclass(kw_only=True)
+class FinetuneConfig(_Presets):
+    """Fine-tuning and semi-supervised training: encoder and classifier trained together on
+    labelled samples. Defaults are the field's usual schedule (AimCLR's and CrosSCLR's
+    fine-tuning: SGD lr 0.1, batch 128, 100 epochs, x0.1 at epoch 80); SCD-Net's paper reports
+    these protocols without publishing their settings."""
+
+    epochs: int = 100
+    batch_size: int = 128
+    lr: float = 0.1
+    lr_drop_epochs: tuple[int, ...] = (80,)
+    sgd_momentum: float = 0.9
+    weight_decay: float = 1e-4
+    crop_ratio: tuple[float, float] = (0.5, 1.0)
+    """Training views are random temporal crops with r in this range, resized to the window (no
+    other augmentation); test views are the evaluation centre crop."""
+    eval_every: int = 5
+    """Epochs between test evaluations (for the best-epoch figure); the last epoch always."""
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1 or self.batch_size < 1 or self.eval_every < 1:
+            raise ScdError("FinetuneConfig: epochs, batch_size and eval_every must be >= 1")
+        if self.lr <= 0:
+            raise ScdError(f"FinetuneConfig: lr={self.lr} must be > 0")
+        lo, hi = self.crop_ratio
+        if not 0.0 < lo <= hi <= 1.0:
+            raise ScdError(f"crop_ratio={self.crop_ratio}: need 0 < low <= high <= 1")
+
+    _TINY = dict(epochs=30, batch_size=32, lr=0.01, lr_drop_epochs=(24,), eval_every=10)
+
+
 def step_lr(base_lr: float, drop_epochs: tuple[int, ...], epoch: int) -> float:
     """The step schedule both protocols use: x0.1 at each epoch in drop_epochs."""
     return base_lr * 0.1 ** sum(epoch >= e for e in drop_epochs)

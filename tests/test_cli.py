@@ -39,17 +39,33 @@ def test_pretrain_writes_the_run_directory(pretrained):
     assert report["steps"] == 3 and report["samples_per_s"] > 0 and report["peak_memory_bytes"] > 0
 
 
-@pytest.mark.parametrize("command", ["linear", "knn"])
-def test_evaluation_of_pretrained_and_random(command, pretrained, dataset, tmp_path, capsys):
-    extra = ["--epochs", "2"] if command == "linear" else ["--k", "3"]
+@pytest.mark.parametrize("command,extra", [
+    ("linear", ["--epochs", "2"]),
+    ("knn", ["--k", "3"]),
+    ("semi", ["--labels", "10%", "--epochs", "1"]),
+    ("finetune", ["--epochs", "1"]),
+    ("transfer", ["--epochs", "2"]),
+])
+def test_every_protocol_with_pretrained_and_random(command, extra, pretrained, dataset, tmp_path, capsys):
+    cache = [] if command in ("semi", "finetune") else ["--feature-cache", str(tmp_path / "cache")]
     code = main([command, "--preset", "tiny", "--data", str(dataset), "--checkpoint", str(pretrained),
-                 "--random-baseline", "--device", "cpu", "--run-dir", str(tmp_path), "--no-progress", *extra])
+                 "--random-baseline", "--device", "cpu", "--run-dir", str(tmp_path), "--no-progress", *cache, *extra])
     assert code == 0
     out = capsys.readouterr().out
-    assert "pretrained: top-1" in out and "random init: top-1" in out
-    results = json.loads((tmp_path / "results.json").read_text())["results"]
-    assert set(results) == {"pretrained", "random init"}
-    assert all(0.0 <= r["top1"] <= 100.0 for r in results.values())
+    assert "pretrained, joint: top-1" in out and "random init, joint: top-1" in out
+    report = json.loads((tmp_path / "results.json").read_text())
+    assert [(r["encoder"], r["stream"]) for r in report["rows"]] == [("pretrained", "joint"), ("random init", "joint")]
+    assert all(0.0 <= r["top1"] <= r["top5"] <= 100.0 for r in report["rows"])
+    assert "| pretrained | joint |" in (tmp_path / "results.md").read_text()
+    for name in ("confusion-pretrained-joint.png", "embedding-random-init-joint.png"):
+        assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    if command == "semi":  # 10% of 24 samples in 3 classes: round(0.8) = 1 of each
+        assert (report["train_samples"], report["labelled_samples"]) == (24, 3)
+        assert report["settings"]["label_fraction"] == 0.1
+    if command in ("semi", "finetune"):
+        assert (tmp_path / "checkpoints" / "pretrained-joint.pt").is_file()
+    if command == "transfer":
+        assert report["source"] == str(dataset)
 
 
 def run_cli(*args):
@@ -87,6 +103,6 @@ def test_bad_data_leaves_earlier_checkpoint_intact(pretrained, tmp_path):
 
 
 def test_help_explains_each_command():
-    for command in ("pretrain", "linear", "knn"):
+    for command in ("pretrain", "linear", "knn", "semi", "finetune", "transfer"):
         result = run_cli(command, "--help")
         assert result.returncode == 0 and "--preset" in result.stdout and "--data" in result.stdout

@@ -2,7 +2,7 @@
 import torch
 
 from scdfast.config import LinearConfig
-from scdfast.train.evaluate import linear_probe
+from scdfast.evaluation import linear_probe
 
 
 def _features(n, centres, offset, scale, generator):

@@ -155,8 +155,8 @@ def pretrain(model_config: SCDConfig, config: PretrainConfig, train: SkeletonSet
 
     def state(epoch_loss: float | None = None) -> dict:
         return {"format": CHECKPOINT_FORMAT, "model_config": to_dict(model_config),
-                "pretrain_config": to_dict(config), "epoch": step // steps_per_epoch, "step": step,
-                "model": model.state_dict(), "optimizer": optimizer.state_dict(), "random": random_states(),
+                "pretrain_config": to_dict(config), "data": data, "epoch": step // steps_per_epoch,
+                "step": step, "model": model.state_dict(), "optimizer": optimizer.state_dict(), "random": random_states(),
                 "reference_rng": views.rng.bit_generator.state if config.augment == "reference" else None,
                 "best_loss": best, "epoch_loss": epoch_loss}
 

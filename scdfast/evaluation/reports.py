@@ -1,0 +1,101 @@
+"""What every protocol command writes into its run directory, and the merged table.
+
+`results.json` holds one row per (encoder, stream) with top-1/top-5 and the settings used;
+`results.md` is the same as a Markdown table; `merge_tables` lays several runs out as the
+paper does: one row per protocol, one column per dataset.
+"""
+from __future__ import annotations
+
+import json
+import os
+
+from scdfast.errors import ScdError
+from scdfast.train.rundir import atomic_write, save_json
+
+RESULTS_FILE = "results.json"
+PROTOCOL_NAMES = {"linear": "linear evaluation", "knn": "kNN retrieval", "semi": "semi-supervised",
+                  "finetune": "fine-tuning", "transfer": "transfer (linear)"}
+PROTOCOL_ORDER = list(PROTOCOL_NAMES)
+
+
+def dataset_name(data: str) -> str:
+    return "synthetic" if data == "synthetic" else os.path.basename(os.path.normpath(data))
+
+
+def protocol_label(report: dict) -> str:
+    """'semi-supervised 10%', 'kNN retrieval (k=5)', 'transfer (linear) from nw_ucla', ..."""
+    label = PROTOCOL_NAMES[report["protocol"]]
+    settings = report.get("settings", {})
+    if report["protocol"] == "semi":
+        label += f" {settings['label_fraction'] * 100:g}%"
+    if report["protocol"] == "knn" and settings.get("k", 1) != 1:
+        label += f" (k={settings['k']})"
+    if report["protocol"] == "transfer" and report.get("source"):
+        label += f" from {dataset_name(report['source'])}"
+    return label
+
+
+def row_label(report: dict, row: dict) -> str:
+    label = protocol_label(report)
+    if row["stream"] != "joint":
+        label += f", {row['stream']}"
+    if row["encoder"] != "pretrained":
+        label += f", {row['encoder']}"
+    return label
+
+
+def _cell(row: dict) -> str:
+    return f"{row['top1']:.1f} / {row['top5']:.1f}"
+
+
+def run_table(report: dict) -> str:
+    lines = [f"# {protocol_label(report)} on {dataset_name(report['data'])}", "",
+             f"{report['num_classes']} classes (chance {100.0 / report['num_classes']:.1f}%); "
+             f"{report['train_samples']} training samples ({report['labelled_samples']} labels used) and "
+             f"{report['test_samples']} test samples.", "",
+             "| encoder | stream | top-1 % | top-5 % |", "|---|---|---|---|"]
+    for row in report["rows"]:
+        lines.append(f"| {row['encoder']} | {row['stream']} | {row['top1']:.2f} | {row['top5']:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_report(run_dir: str, report: dict) -> None:
+    """results.json and results.md, each replaced atomically."""
+    save_json(report, os.path.join(run_dir, RESULTS_FILE))
+    atomic_write(os.path.join(run_dir, "results.md"), lambda f: f.write(run_table(report)), mode="w")
+
+
+def read_report(run_dir: str) -> dict:
+    path = os.path.join(run_dir, RESULTS_FILE) if os.path.isdir(run_dir) else run_dir
+    if not os.path.isfile(path):
+        raise ScdError(f"{run_dir}: no {RESULTS_FILE} (not the run directory of a protocol command)")
+    try:
+        with open(path) as f:
+            report = json.load(f)
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ScdError(f"{path}: unreadable ({exc.__class__.__name__})") from None
+    for field in ("protocol", "data", "rows"):
+        if field not in report:
+            raise ScdError(f"{path}: field {field!r} missing (not written by a protocol command)")
+    return report
+
+
+def merge_tables(reports: list[dict]) -> str:
+    """One Markdown table: rows protocol (and stream, encoder), columns dataset; cells
+    'top-1 / top-5'. A later run of the same cell replaces an earlier one."""
+    columns: list[str] = []
+    cells: dict[tuple[str, str], str] = {}
+    order: dict[str, tuple] = {}
+    for report in reports:
+        column = dataset_name(report["data"])
+        if column not in columns:
+            columns.append(column)
+        for row in report["rows"]:
+            label = row_label(report, row)
+            cells[(label, column)] = _cell(row)
+            order.setdefault(label, (PROTOCOL_ORDER.index(report["protocol"]), row["encoder"] != "pretrained",
+                                     row["stream"] == "ensemble", len(order)))
+    lines = ["| protocol | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
+    for label in sorted(order, key=order.get):
+        lines.append(f"| {label} | " + " | ".join(cells.get((label, c), "") for c in columns) + " |")
+    return "\n".join(lines) + "\n\ncells: top-1 % / top-5 %\n"
