@@ -17,7 +17,7 @@ from scdfast.evaluation import (
     random_encoder,
     stratified_subset,
 )
-from scdfast.evaluation.tsne import tsne
+from scdfast.evaluation.tsne import pca, tsne
 
 
 @pytest.mark.parametrize("fraction", [0.01, 0.1, 0.37, 1.0])
@@ -123,7 +123,12 @@ def test_tsne_keeps_separated_clusters_apart(rng):
     centres = rng.normal(scale=10.0, size=(3, 12))
     labels = np.repeat(np.arange(3), 30)
     x = torch.from_numpy(centres[labels] + rng.normal(size=(90, 12)))
-    y = tsne(x, perplexity=10.0, iterations=400, seed=int(rng.integers(1 << 30))).numpy()
+    y = tsne(x, perplexity=10.0, seed=int(rng.integers(1 << 30))).numpy()  # the default 750 iterations
     distance = ((y[:, None] - y[None]) ** 2).sum(-1)
     np.fill_diagonal(distance, np.inf)
     assert (labels[distance.argmin(axis=1)] == labels).mean() == 1.0
+
+
+@pytest.mark.parametrize("n,d", [(1, 5), (2, 1), (7, 3)])
+def test_pca_gives_two_columns_for_any_shape(n, d):
+    assert pca(torch.randn(n, d, dtype=torch.float64), 2).shape == (n, 2)

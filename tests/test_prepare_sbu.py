@@ -83,4 +83,4 @@ def test_two_person_15_joint_data_trains_end_to_end(fold2, tmp_path, capsys):
                  "--device", "cpu", "--run-dir", str(run), "--no-progress"]) == 0
     assert main(["knn", "--preset", "tiny", "--data", str(fold2), "--checkpoint", str(run), "--device", "cpu",
                  "--run-dir", str(tmp_path / "knn"), "--no-progress"]) == 0
-    assert "1-NN retrieval, pretrained: top-1" in capsys.readouterr().out
+    assert "kNN retrieval, pretrained, joint: top-1" in capsys.readouterr().out

@@ -28,6 +28,8 @@ def protocol_label(report: dict) -> str:
     settings = report.get("settings", {})
     if report["protocol"] == "semi":
         label += f" {settings['label_fraction'] * 100:g}%"
+    if settings.get("standardize"):
+        label += " (standardized)"
     if report["protocol"] == "knn" and settings.get("k", 1) != 1:
         label += f" (k={settings['k']})"
     if report["protocol"] == "transfer" and report.get("source"):

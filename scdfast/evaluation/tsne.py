@@ -8,13 +8,15 @@ import torch
 
 
 def pca(x: torch.Tensor, dims: int) -> torch.Tensor:
-    """The first `dims` principal-component scores of x (n, d), signs fixed for determinism."""
+    """The first `dims` principal-component scores of x (n, d), signs fixed for determinism;
+    zero columns where x has fewer than `dims` components (n or d below dims)."""
     centred = x - x.mean(dim=0)
     u, s, _ = torch.linalg.svd(centred, full_matrices=False)
-    dims = min(dims, s.shape[0])
-    scores = u[:, :dims] * s[:dims]
-    sign = torch.sign(scores[scores.abs().argmax(dim=0), torch.arange(dims)])
-    return scores * torch.where(sign == 0, torch.ones_like(sign), sign)
+    have = min(dims, s.shape[0])
+    scores = u[:, :have] * s[:have]
+    sign = torch.sign(scores[scores.abs().argmax(dim=0), torch.arange(have)])
+    scores = scores * torch.where(sign == 0, torch.ones_like(sign), sign)
+    return torch.cat([scores, scores.new_zeros(x.shape[0], dims - have)], dim=1)
 
 
 def _affinities(x: torch.Tensor, perplexity: float, steps: int = 64) -> torch.Tensor:

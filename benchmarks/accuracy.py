@@ -1,0 +1,166 @@
+"""The accuracy table on real data, in one resumable command.
+
+For NW-UCLA, MSR Action3D, UTD-MHAD and SBU (fold 1) from ../shared/data: prepare the
+arrays, pretrain the tiny preset on the CPU, then evaluate the pretrained encoder and a
+randomly initialised one of the same seed under linear evaluation (the authors' raw protocol
+and with standardised features), 1-NN retrieval, 10% semi-supervised training and fine-tuning,
+plus transfer rows (NW-UCLA -> MSR Action3D, NW-UCLA -> UTD-MHAD). Every step is an ordinary
+`scdfast` command whose run directory lands under --out; a step whose results exist is
+skipped, so an interrupted run (or one stopped by --budget-minutes) continues where it ended.
+
+    python benchmarks/accuracy.py --out runs/accuracy --budget-minutes 90
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+from scdfast.cli import main as scdfast
+from scdfast.evaluation.reports import merge_tables, read_report
+
+SHARED = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data")
+
+# name: (prepare format, raw folder under the shared data, extra prepare options)
+DATASETS = {
+    "nw_ucla": ("ucla", "nw_ucla/all_sqe", []),
+    "msr_action3d": ("msr3d", "msr_action3d/skeleton3d",
+                     ["--files", "msr_action3d/protocol/files_used_in_cvpr12_paper.txt", "--skip-bad"]),
+    "utd_mhad": ("utd-mhad", "utd_mhad/Skeleton", []),
+    "sbu_fold1": ("sbu", "sbu_kinect_interaction", ["--fold", "1"]),
+}
+TRANSFERS = (("nw_ucla", "msr_action3d"), ("nw_ucla", "utd_mhad"))
+# protocol run name: (command, options); every one also evaluates the random-init baseline
+PROTOCOLS = {
+    "linear": ("linear", []),
+    "linear-standardized": ("linear", ["--standardize", "--lr", "0.1"]),
+    "knn": ("knn", ["--k", "1"]),
+    "semi10": ("semi", ["--labels", "10%"]),
+    "finetune": ("finetune", []),
+}
+HEADLINE = ("linear-standardized", "knn", "semi10")  # where pretrained must beat random init
+
+
+class Budget:
+    def __init__(self, minutes: float | None):
+        self.deadline = None if minutes is None else time.monotonic() + 60.0 * minutes
+
+    def exhausted(self) -> bool:
+        return self.deadline is not None and time.monotonic() > self.deadline
+
+
+def _step(label: str, done: bool, budget: Budget, args: list[str]) -> bool:
+    """Run one scdfast command unless its results exist; False when the budget stops the run."""
+    if done:
+        print(f"[done] {label}", flush=True)
+        return True
+    if budget.exhausted():
+        print(f"[budget] time budget reached before {label}; rerun the same command to continue", flush=True)
+        return False
+    print(f"[run] {label}: scdfast {' '.join(args)}", flush=True)
+    start = time.monotonic()
+    code = scdfast(args)
+    if code != 0:
+        sys.exit(f"accuracy: step {label} failed with exit status {code}")
+    print(f"[ok] {label} in {time.monotonic() - start:.0f} s", flush=True)
+    return True
+
+
+def _pretrain_step(out: str, name: str, data: str, common: list[str], budget: Budget, epochs: int | None) -> bool:
+    run = os.path.join(out, "pretrain", name)
+    finished = os.path.isfile(os.path.join(run, "report.json"))
+    started = os.path.isfile(os.path.join(run, "checkpoints", "last.pt"))
+    if started and not finished:
+        return _step(f"pretrain {name} (resumed)", False, budget, ["pretrain", "--resume", run, *common])
+    extra = ["--epochs", str(epochs)] if epochs else []
+    return _step(f"pretrain {name}", finished, budget,
+                 ["pretrain", "--preset", "tiny", "--data", data, "--run-dir", run, *extra, *common])
+
+
+def _protocol_runs(out: str) -> list[str]:
+    """Every finished protocol run under `out`, in table order."""
+    runs = []
+    for protocol in (*PROTOCOLS, "transfer"):
+        folder = os.path.join(out, protocol)
+        if os.path.isdir(folder):
+            runs += [os.path.join(folder, n) for n in sorted(os.listdir(folder))
+                     if os.path.isfile(os.path.join(folder, n, "results.json"))]
+    return runs
+
+
+def _verdicts(out: str, names: list[str]) -> list[str]:
+    """A line per (dataset, headline protocol): pretrained against random init."""
+    lines = ["| dataset | protocol | pretrained top-1 % | random init top-1 % | pretrained beats random |",
+             "|---|---|---|---|---|"]
+    for name in names:
+        for protocol in HEADLINE:
+            path = os.path.join(out, protocol, name, "results.json")
+            if not os.path.isfile(path):
+                continue
+            rows = {r["encoder"]: r["top1"] for r in read_report(path)["rows"] if r["stream"] == "joint"}
+            pre, rand = rows["pretrained"], rows["random init"]
+            lines.append(f"| {name} | {protocol} | {pre:.1f} | {rand:.1f} | {'yes' if pre > rand else '**no**'} |")
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", default="runs/accuracy", help="where every run directory goes (default runs/accuracy)")
+    parser.add_argument("--shared", default=SHARED, help="the shared data folder (default ../shared/data)")
+    parser.add_argument("--datasets", default=",".join(DATASETS),
+                        help=f"comma-separated subset of {', '.join(DATASETS)} (default all)")
+    parser.add_argument("--budget-minutes", type=float,
+                        help="stop before starting a step once this much time has passed (rerun to continue)")
+    parser.add_argument("--pretrain-epochs", type=int, help="override the tiny preset's pretraining epochs")
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    names = [n for n in args.datasets.split(",") if n]
+    unknown = [n for n in names if n not in DATASETS]
+    if unknown:
+        parser.error(f"--datasets: unknown {unknown[0]!r}; choose from {', '.join(DATASETS)}")
+    out, budget = os.path.abspath(args.out), Budget(args.budget_minutes)
+    common = ["--device", args.device, "--seed", str(args.seed), "--no-progress"]
+    cache = ["--feature-cache", os.path.join(out, "feature-cache")]
+    ok = True
+    for name in names:
+        fmt, raw, extra = DATASETS[name]
+        data = os.path.join(out, "data", name)
+        extra = [os.path.join(args.shared, e) if e.endswith(".txt") else e for e in extra]
+        ok = ok and _step(f"prepare {name}", os.path.isfile(os.path.join(data, "val_label.pkl")), budget,
+                          ["prepare", fmt, "--raw", os.path.join(args.shared, raw), "--out", data, "--no-progress",
+                           *extra])
+        ok = ok and _pretrain_step(out, name, data, common, budget, args.pretrain_epochs)
+        checkpoint = os.path.join(out, "pretrain", name)
+        for run_name, (command, options) in PROTOCOLS.items():
+            run = os.path.join(out, run_name, name)
+            uses_cache = cache if command in ("linear", "knn") else []
+            ok = ok and _step(f"{run_name} {name}", os.path.isfile(os.path.join(run, "results.json")), budget,
+                              [command, "--preset", "tiny", "--data", data, "--checkpoint", checkpoint,
+                               "--random-baseline", "--run-dir", run, *options, *uses_cache, *common])
+    for source, target in TRANSFERS:
+        if ok and source in names and target in names:
+            run = os.path.join(out, "transfer", f"{source}-to-{target}")
+            ok = _step(f"transfer {source} -> {target}", os.path.isfile(os.path.join(run, "results.json")), budget,
+                       ["transfer", "--preset", "tiny", "--data", os.path.join(out, "data", target), "--checkpoint",
+                        os.path.join(out, "pretrain", source), "--random-baseline", "--standardize", "--lr", "0.1",
+                        "--run-dir", run, *cache, *common])
+    reports = [read_report(run) for run in _protocol_runs(out)]
+    table = merge_tables(reports) if reports else "(no results yet)\n"
+    summary = "\n".join(["# Accuracy on real data (tiny preset)", "", table, "## Pretrained against random init", "",
+                         *_verdicts(out, names), ""])
+    with open(os.path.join(out, "summary.md.tmp"), "w") as f:
+        f.write(summary)
+    os.replace(os.path.join(out, "summary.md.tmp"), os.path.join(out, "summary.md"))
+    with open(os.path.join(out, "status.json"), "w") as f:
+        json.dump({"complete": ok, "runs": len(reports)}, f)
+    print(summary)
+    print("complete" if ok else "incomplete: rerun the same command to continue")
+    return 0 if ok else 3
+
+
+if __name__ == "__main__":
+    sys.exit(main())
