@@ -13,13 +13,13 @@ skipped, so an interrupted run (or one stopped by --budget-minutes) continues wh
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
 
 from scdfast.cli import main as scdfast
 from scdfast.evaluation.reports import merge_tables, read_report
+from scdfast.train.rundir import atomic_write, save_json
 
 SHARED = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data")
 
@@ -152,11 +152,8 @@ def main(argv: list[str] | None = None) -> int:
     table = merge_tables(reports) if reports else "(no results yet)\n"
     summary = "\n".join(["# Accuracy on real data (tiny preset)", "", table, "## Pretrained against random init", "",
                          *_verdicts(out, names), ""])
-    with open(os.path.join(out, "summary.md.tmp"), "w") as f:
-        f.write(summary)
-    os.replace(os.path.join(out, "summary.md.tmp"), os.path.join(out, "summary.md"))
-    with open(os.path.join(out, "status.json"), "w") as f:
-        json.dump({"complete": ok, "runs": len(reports)}, f)
+    atomic_write(os.path.join(out, "summary.md"), lambda f: f.write(summary), mode="w")
+    save_json({"complete": ok, "runs": len(reports)}, os.path.join(out, "status.json"))
     print(summary)
     print("complete" if ok else "incomplete: rerun the same command to continue")
     return 0 if ok else 3

@@ -249,28 +249,26 @@ def _run_protocol(args: argparse.Namespace) -> None:
     from scdfast.train.device import resolve_device
     from scdfast.train.rundir import prepare_run_dir
 
-    command = args.command
-    request = ProtocolRequest(
-        protocol=command, data=args.data if args.data == "synthetic" else os.path.abspath(args.data),
-        run_dir="", device=resolve_device(args.device), preset=args.preset,
-        checkpoints=tuple(args.checkpoint or ()), random_init=getattr(args, "random_init", False),
-        random_baseline=args.random_baseline, streams=args.streams, seed=args.seed,
-        embedding=args.embedding, figures=not args.no_figures, progress=not args.no_progress)
+    command, options = args.command, {}
+    schedule = _overrides(args, ("epochs", "lr", "batch_size", "seed"))
     if command in ("linear", "transfer"):
-        request.linear = preset(args.preset, LinearConfig, standardize=args.standardize,
-                                **_overrides(args, ("epochs", "lr", "batch_size", "seed")))
-        request.exact = args.exact_protocol
+        options.update(linear=preset(args.preset, LinearConfig, standardize=args.standardize, **schedule),
+                       exact=args.exact_protocol)
     if command in ("semi", "finetune"):
-        request.finetune = preset(args.preset, FinetuneConfig, **_overrides(args, ("epochs", "lr", "batch_size", "seed")))
-        request.precision = args.precision
+        options.update(finetune=preset(args.preset, FinetuneConfig, **schedule), precision=args.precision)
     if command == "semi":
-        request.label_fraction = parse_fraction(args.labels)
+        options["label_fraction"] = parse_fraction(args.labels)
     if command == "knn":
-        request.k = args.k
+        options["k"] = args.k
     if command in ("linear", "knn", "transfer") and not args.no_feature_cache:
-        request.cache_dir = args.feature_cache or default_cache_dir()
-    request.run_dir = prepare_run_dir(args.run_dir, command)
-    run_protocol(request)
+        options["cache_dir"] = args.feature_cache or default_cache_dir()
+    device = resolve_device(args.device)
+    run_protocol(ProtocolRequest(
+        protocol=command, data=args.data if args.data == "synthetic" else os.path.abspath(args.data),
+        run_dir=prepare_run_dir(args.run_dir, command), device=device, preset=args.preset,
+        checkpoints=tuple(args.checkpoint or ()), random_init=getattr(args, "random_init", False),
+        random_baseline=args.random_baseline, streams=args.streams, seed=args.seed, embedding=args.embedding,
+        figures=not args.no_figures, progress=not args.no_progress, **options))
 
 
 def _run_report(args: argparse.Namespace) -> None:

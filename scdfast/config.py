@@ -92,6 +92,12 @@ class SCDConfig:
         return cls(**values)
 
 
+def _check_crop_ratio(ratio: tuple[float, float]) -> None:
+    lo, hi = ratio
+    if not 0.0 < lo <= hi <= 1.0:
+        raise ScdError(f"crop_ratio={ratio}: need 0 < low <= high <= 1")
+
+
 class _Presets:
     """`paper()` is the dataclass defaults; `tiny()` applies the class's `_TINY` overrides."""
 
@@ -152,9 +158,7 @@ class PretrainConfig(_Presets):
             raise ScdError(f"augment={self.augment!r}: use batched or reference")
         if self.batch_size < 1 or self.epochs < 1:
             raise ScdError("PretrainConfig: batch_size and epochs must be >= 1")
-        lo, hi = self.crop_ratio
-        if not 0.0 < lo <= hi <= 1.0:
-            raise ScdError(f"crop_ratio={self.crop_ratio}: need 0 < low <= high <= 1")
+        _check_crop_ratio(self.crop_ratio)
 
     _TINY = dict(epochs=16, batch_size=64, lr=0.1, lr_drop_epochs=(13,))
 
@@ -203,9 +207,7 @@ class FinetuneConfig(_Presets):
             raise ScdError("FinetuneConfig: epochs, batch_size and eval_every must be >= 1")
         if self.lr <= 0:
             raise ScdError(f"FinetuneConfig: lr={self.lr} must be > 0")
-        lo, hi = self.crop_ratio
-        if not 0.0 < lo <= hi <= 1.0:
-            raise ScdError(f"crop_ratio={self.crop_ratio}: need 0 < low <= high <= 1")
+        _check_crop_ratio(self.crop_ratio)
 
     _TINY = dict(epochs=30, batch_size=32, lr=0.01, lr_drop_epochs=(24,), eval_every=10)
 

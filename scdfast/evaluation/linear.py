@@ -31,7 +31,8 @@ class LinearResult:
 def _fit(features: Callable[[torch.Tensor], torch.Tensor], train_y: torch.Tensor,
          test_logits: Callable[[torch.nn.Linear], torch.Tensor], test_y: torch.Tensor, dim: int,
          num_classes: int, config: LinearConfig, device: torch.device, progress: bool) -> LinearResult:
-    """The training loop both variants share; `features(idx)` gives the training batch's features."""
+    """The training loop both variants share; `features(idx)` gives the features of training
+    samples idx (a tensor on `device`)."""
     generator = torch.Generator().manual_seed(config.seed)
     torch.manual_seed(config.seed)
     fc = torch.nn.Linear(dim, num_classes).to(device)  # PyTorch's default init, as the authors' fc
@@ -42,10 +43,10 @@ def _fit(features: Callable[[torch.Tensor], torch.Tensor], train_y: torch.Tensor
     for epoch in tqdm(range(config.epochs), desc="linear", unit="epoch", disable=not progress):
         for group in optimizer.param_groups:
             group["lr"] = step_lr(config.lr, config.lr_drop_epochs, epoch)
-        order = torch.randperm(train_y.shape[0], generator=generator)
+        order = torch.randperm(train_y.shape[0], generator=generator).to(device)
         for lo in range(0, train_y.shape[0], config.batch_size):
             idx = order[lo:lo + config.batch_size]
-            loss = F.cross_entropy(fc(features(idx)), train_y[idx.to(device)])
+            loss = F.cross_entropy(fc(features(idx)), train_y[idx])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -64,7 +65,7 @@ def linear_probe(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Ten
         mean, std = train_x.mean(dim=0), train_x.std(dim=0).clamp_min(1e-6)
         train_x, test_x = (train_x - mean) / std, (test_x - mean) / std
     train_x, test_x = train_x.to(device), test_x.to(device)
-    return _fit(lambda idx: train_x[idx.to(device)], train_y, lambda fc: fc(test_x), test_y, train_x.shape[1],
+    return _fit(lambda idx: train_x[idx], train_y, lambda fc: fc(test_x), test_y, train_x.shape[1],
                 num_classes, config, device, progress)
 
 
@@ -77,16 +78,12 @@ def linear_probe_exact(encoder: DownstreamEncoder, train: SkeletonSet, test: Ske
     encoder.eval().to(device)
 
     @torch.no_grad()
-    def features(idx: torch.Tensor) -> torch.Tensor:
-        return encoder.features(eval_batch(train, idx.numpy(), window, representation).to(device)).float()
+    def features_of(data: SkeletonSet, index: np.ndarray) -> torch.Tensor:
+        return encoder.features(eval_batch(data, index, window, representation).to(device)).float()
 
     def test_logits(fc: torch.nn.Linear) -> torch.Tensor:
-        chunks = [fc(features_of_test(np.arange(lo, min(lo + test_batch, len(test)))))
-                  for lo in range(0, len(test), test_batch)]
-        return torch.cat(chunks)
+        return torch.cat([fc(features_of(test, np.arange(lo, min(lo + test_batch, len(test)))))
+                          for lo in range(0, len(test), test_batch)])
 
-    def features_of_test(index: np.ndarray) -> torch.Tensor:
-        return encoder.features(eval_batch(test, index, window, representation).to(device)).float()
-
-    return _fit(features, torch.from_numpy(train.labels), test_logits, torch.from_numpy(test.labels),
-                encoder.fc.in_features, num_classes, config, device, progress)
+    return _fit(lambda idx: features_of(train, idx.cpu().numpy()), torch.from_numpy(train.labels), test_logits,
+                torch.from_numpy(test.labels), encoder.fc.in_features, num_classes, config, device, progress)

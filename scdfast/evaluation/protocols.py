@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from scdfast.config import FinetuneConfig, LinearConfig, SCDConfig, preset
+from scdfast.config import FinetuneConfig, LinearConfig, SCDConfig, preset, to_dict
 from scdfast.data import load_dataset
 from scdfast.data.dataset import layout_spec, model_shape, num_classes
 from scdfast.errors import ScdError
@@ -132,7 +132,7 @@ def _evaluate(r: ProtocolRequest, source: EncoderSource, train, test, classes: i
             "protocol": r.protocol, "label_fraction": r.label_fraction, "top1": result.top1}),
             os.path.join(r.run_dir, "checkpoints", name))
         return {"scores": result.logits, "features": result.features, "best_top1": result.best_top1,
-                "train_samples": result.train_samples}
+                "labelled": result.train_samples}
     if r.protocol in ("linear", "transfer") and r.exact:
         result = linear_probe_exact(source.model, train, test, source.config.window, source.representation,
                                     classes, r.linear, r.device, r.progress)
@@ -153,7 +153,9 @@ def run_protocol(r: ProtocolRequest) -> dict:
     classes = num_classes(train, test)
     cache = FeatureCache(r.cache_dir)
     test_y = torch.from_numpy(test.labels)
-    rows, scores, sources_seen = [], {}, []
+    settings = _settings(r)
+    title = protocol_label({"protocol": r.protocol, "settings": settings})
+    rows, scores, sources_seen, labelled = [], {}, [], len(train)
     for make in _sources(r, train, classes):
         source = make()
         out = _evaluate(r, source, train, test, classes, cache)
@@ -164,7 +166,8 @@ def run_protocol(r: ProtocolRequest) -> dict:
         rows.append(row)
         scores[(source.label, source.representation)] = out["scores"]
         sources_seen.append(source)
-        r.log(f"{protocol_label({'protocol': r.protocol, 'settings': _settings(r)})}, {source.label}, "
+        labelled = out.get("labelled", labelled)
+        r.log(f"{title}, {source.label}, "
               f"{source.representation}: top-1 {row['top1']:.2f}%  top-5 {row['top5']:.2f}%")
         if r.figures:
             tag = f"{source.label.replace(' ', '-')}-{source.representation}"
@@ -189,9 +192,8 @@ def run_protocol(r: ProtocolRequest) -> dict:
     np.savez(buffer, labels=test.labels, **{f"{lbl.replace(' ', '_')}__{s}": v.numpy() for (lbl, s), v in scores.items()})
     atomic_write(os.path.join(r.run_dir, "scores.npz"), lambda f: f.write(buffer.getvalue()))
     pretrained = [s for s in sources_seen if s.checkpoint]
-    labelled = len(stratified_subset(train.labels, r.label_fraction, r.seed)) if r.protocol == "semi" else len(train)
     report = {"protocol": r.protocol, "data": r.data, "num_classes": classes, "train_samples": len(train),
-              "labelled_samples": labelled, "test_samples": len(test), "rows": rows, "settings": _settings(r),
+              "labelled_samples": labelled, "test_samples": len(test), "rows": rows, "settings": settings,
               "checkpoints": [s.checkpoint for s in pretrained],
               "source": pretrained[0].pretrain_data if pretrained else None}
     write_report(r.run_dir, report)
@@ -202,9 +204,9 @@ def run_protocol(r: ProtocolRequest) -> dict:
 def _settings(r: ProtocolRequest) -> dict:
     settings: dict = {"seed": r.seed}
     if r.protocol in ("linear", "transfer"):
-        settings.update(vars(r.linear) if r.linear else {}, exact_protocol=r.exact)
+        settings.update(to_dict(r.linear) if r.linear else {}, exact_protocol=r.exact)
     if r.protocol in ("semi", "finetune"):
-        settings.update(vars(r.finetune) if r.finetune else {})
+        settings.update(to_dict(r.finetune) if r.finetune else {})
     if r.protocol == "semi":
         settings["label_fraction"] = r.label_fraction
     if r.protocol == "knn":
