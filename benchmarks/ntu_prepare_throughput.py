@@ -1,4 +1,4 @@
-"""NTU preparation throughput: scdfast's vectorised conversion against a per-joint Python one.
+"""NTU preparation throughput: scdfast's compiled conversion against a per-joint Python one.
 
     python benchmarks/ntu_prepare_throughput.py [--raw ../shared/data/ntu_rgbd_samples/skeleton]
 

@@ -140,10 +140,11 @@ def _rows_kernel(
 
 
 @triton.jit
-def _scd_shared_queue_terms(qt_ptr, qs_ptr, k_ptr, c_ptr, loss_ptr, dq_ptr, rows, dims, N, K, D, inv_t,
-                            NORMALIZE: tl.constexpr, BLOCK_K: tl.constexpr):
+def _scd_shared_queue_terms(qt_ptr, qs_ptr, k_ptr, c_ptr, qid_ptr, cid_ptr, loss_ptr, dq_ptr, rows, dims,
+                            N, K, D, inv_t, HAS_IDS: tl.constexpr, NORMALIZE: tl.constexpr,
+                            BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     """SCD-Net's two terms on the instance queue, (qt, ki) and (qs, ki), streaming each queue
-    tile once for both queries."""
+    tile once for both queries; with ids, a key of the query's own sample is no negative."""
     qt, qt_inv = _load_rows(qt_ptr, rows, dims, N, D, NORMALIZE)
     qs, qs_inv = _load_rows(qs_ptr, rows, dims, N, D, NORMALIZE)
     k, _ = _load_rows(k_ptr, rows, dims, N, D, NORMALIZE)
@@ -153,11 +154,12 @@ def _scd_shared_queue_terms(qt_ptr, qs_ptr, k_ptr, c_ptr, loss_ptr, dq_ptr, rows
     lt = tl.full([qt.shape[0]], 1.0, tl.float32)
     ls = lt
     acc_t, acc_s = k, k
+    _, _, row_ids = _row_masks(qid_ptr, qid_ptr, rows, rows < N, N, BLOCK_N, False, HAS_IDS)
     for start in range(0, K, BLOCK_K):
         cols = start + tl.arange(0, BLOCK_K)
         c = tl.load(c_ptr + cols.to(tl.int64)[:, None] * D + dims[None, :],
                     mask=(cols < K)[:, None] & (dims < D)[None, :], other=0.0).to(tl.float32)
-        valid = (cols < K)[None, :]
+        valid = _column_mask(cols, K, row_ids, row_ids, row_ids, cid_ptr, False, HAS_IDS)
         st = tl.where(valid, tl.dot(qt, tl.trans(c), input_precision="ieee") * inv_t, _NEG_INF)
         ss = tl.where(valid, tl.dot(qs, tl.trans(c), input_precision="ieee") * inv_t, _NEG_INF)
         mt_new = tl.maximum(mt, tl.max(st, axis=1))
@@ -185,25 +187,30 @@ def _scd_kernel(
     qt_ptr, qs_ptr, qi_ptr,         # queries (N, D) each
     kt_ptr, ks_ptr, ki_ptr,         # keys (N, D) each
     tq_ptr, sq_ptr, iq_ptr,         # temporal, spatial, instance queues (K, D) each
+    qid_ptr, cid_ptr,               # (N,), (K,) int64 sample ids of the queries and of every queue row (HAS_IDS)
     loss_ptr, dq_ptr,               # out: (4, N) per-row losses, (4, N, D) dloss/dq per term
     N, K, D, inv_t,
-    NORMALIZE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
+    HAS_IDS: tl.constexpr, NORMALIZE: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     """All four SCD-Net terms in one launch; axis 1 of the grid picks the queue a program
     streams: 0 the instance queue (terms 0 and 1 share its tiles), 1 the temporal queue
-    (term 2: qi, kt), 2 the spatial queue (term 3: qi, ks)."""
+    (term 2: qi, kt), 2 the spatial queue (term 3: qi, ks). The three queues are filled
+    together, so one id per queue row serves all three."""
     rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     dims = tl.arange(0, BLOCK_D)
     queue = tl.program_id(1)
     if queue == 0:
-        _scd_shared_queue_terms(qt_ptr, qs_ptr, ki_ptr, iq_ptr, loss_ptr, dq_ptr, rows, dims, N, K, D, inv_t,
-                                NORMALIZE, BLOCK_K)
-    elif queue == 1:  # no masks and no lse: the pointers passed for them are never read
-        _rows_block(qi_ptr, kt_ptr, tq_ptr, loss_ptr, loss_ptr, loss_ptr, loss_ptr + 2 * N, loss_ptr,
-                    dq_ptr + 2 * N * D, rows, dims, N, K, D, inv_t, False, False, NORMALIZE, False, BLOCK_N, BLOCK_K)
+        _scd_shared_queue_terms(qt_ptr, qs_ptr, ki_ptr, iq_ptr, qid_ptr, cid_ptr, loss_ptr, dq_ptr, rows, dims,
+                                N, K, D, inv_t, HAS_IDS, NORMALIZE, BLOCK_N, BLOCK_K)
+    elif queue == 1:  # no excluded columns and no lse: the pointers passed for them are never read
+        _rows_block(qi_ptr, kt_ptr, tq_ptr, loss_ptr, qid_ptr, cid_ptr, loss_ptr + 2 * N, loss_ptr,
+                    dq_ptr + 2 * N * D, rows, dims, N, K, D, inv_t, False, HAS_IDS, NORMALIZE, False,
+                    BLOCK_N, BLOCK_K)
     else:
-        _rows_block(qi_ptr, ks_ptr, sq_ptr, loss_ptr, loss_ptr, loss_ptr, loss_ptr + 3 * N, loss_ptr,
-                    dq_ptr + 3 * N * D, rows, dims, N, K, D, inv_t, False, False, NORMALIZE, False, BLOCK_N, BLOCK_K)
+        _rows_block(qi_ptr, ks_ptr, sq_ptr, loss_ptr, qid_ptr, cid_ptr, loss_ptr + 3 * N, loss_ptr,
+                    dq_ptr + 3 * N * D, rows, dims, N, K, D, inv_t, False, HAS_IDS, NORMALIZE, False,
+                    BLOCK_N, BLOCK_K)
 
 
 @triton.jit
@@ -268,7 +275,7 @@ def rows_pass(q, k, c, inv_t, excl=None, query_ids=None, queue_ids=None, normali
     return loss, lse, dq
 
 
-def scd_pass(queries, keys, queues, inv_t, normalize=False):
+def scd_pass(queries, keys, queues, inv_t, normalize=False, query_ids=None, queue_ids=None):
     """(per-row losses (4, N), dloss/dq (4, N, D)) of SCD-Net's four terms in one launch."""
     qt = queries[0]
     n, d = qt.shape
@@ -276,8 +283,9 @@ def scd_pass(queries, keys, queues, inv_t, normalize=False):
     loss = torch.empty(4, n, device=qt.device, dtype=torch.float32)
     dq = torch.empty(4, n, d, device=qt.device, dtype=torch.float32)
     _scd_kernel[(triton.cdiv(n, block_n), 3)](
-        *queries, *keys, *queues, loss, dq, n, queues[0].shape[0], d, inv_t,
-        NORMALIZE=normalize, BLOCK_N=block_n, BLOCK_K=block_k, BLOCK_D=block_d)
+        *queries, *keys, *queues, query_ids if query_ids is not None else loss,
+        queue_ids if queue_ids is not None else loss, loss, dq, n, queues[0].shape[0], d, inv_t,
+        HAS_IDS=query_ids is not None, NORMALIZE=normalize, BLOCK_N=block_n, BLOCK_K=block_k, BLOCK_D=block_d)
     return loss, dq
 
 
@@ -435,18 +443,19 @@ _clip_op.register_autograd(_pair_backward, setup_context=_pair_setup)
 @torch.library.custom_op("scdfast::scd_loss", mutates_args=())
 def _scd_op(qt: torch.Tensor, qs: torch.Tensor, qi: torch.Tensor, kt: torch.Tensor, ks: torch.Tensor,
             ki: torch.Tensor, temporal_queue: torch.Tensor, spatial_queue: torch.Tensor,
-            instance_queue: torch.Tensor, inv_t: float,
-            normalize: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+            instance_queue: torch.Tensor, inv_t: float, normalize: bool, query_ids: torch.Tensor | None,
+            queue_ids: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(sum of the four batch-mean terms, dL/dqt, dL/dqs, dL/dqi) in fp32; keys and queues
     take no gradient (they come from the momentum encoder)."""
     n = qt.shape[0]
     loss_rows, dq = scd_pass((qt, qs, qi), (kt, ks, ki), (temporal_queue, spatial_queue, instance_queue),
-                             inv_t, normalize)
+                             inv_t, normalize, query_ids, queue_ids)
     return loss_rows.sum() / n, dq[0] / n, dq[1] / n, (dq[2] + dq[3]) / n
 
 
 @_scd_op.register_fake
-def _(qt, qs, qi, kt, ks, ki, temporal_queue, spatial_queue, instance_queue, inv_t, normalize):
+def _(qt, qs, qi, kt, ks, ki, temporal_queue, spatial_queue, instance_queue, inv_t, normalize, query_ids,
+      queue_ids):
     f32 = torch.float32
     return (qt.new_empty((), dtype=f32), qt.new_empty(qt.shape, dtype=f32), qs.new_empty(qs.shape, dtype=f32),
             qi.new_empty(qi.shape, dtype=f32))
@@ -458,7 +467,7 @@ def _scd_setup(ctx, inputs, output):
 
 
 def _scd_backward(ctx, grad, *_unused):
-    return (*((g * grad).to(t) for g, t in zip(ctx.saved_tensors, ctx.dtypes)), *([None] * 8))
+    return (*((g * grad).to(t) for g, t in zip(ctx.saved_tensors, ctx.dtypes)), *([None] * 10))
 
 
 _scd_op.register_autograd(_scd_backward, setup_context=_scd_setup)
@@ -479,11 +488,12 @@ def fused_clip(a, b, temperature, normalize=False):
     return _clip_op(a.contiguous(), b.contiguous(), 1.0 / temperature, normalize)[0]
 
 
-def fused_scd_loss(queries, keys, queues, temperature, normalize=False):
+def fused_scd_loss(queries, keys, queues, temperature, normalize=False, query_ids=None, queue_ids=None):
     """SCD-Net's four terms in one launch. That launch gives keys and queues no gradient
     and takes queues of one length; otherwise (not SCD-Net's case) the four terms run as
     separate InfoNCE ops."""
     if any(t.requires_grad for t in (*keys, *queues)) or len({t.shape[0] for t in queues}) != 1:
-        return sum(fused_infonce(q, k, queue, temperature, normalize=normalize)
+        return sum(fused_infonce(q, k, queue, temperature, query_ids, queue_ids, normalize=normalize)
                    for q, k, queue in scd_terms(queries, keys, queues))
-    return _scd_op(*(t.contiguous() for t in (*queries, *keys, *queues)), 1.0 / temperature, normalize)[0]
+    ids = [None if i is None else i.to(torch.int64).contiguous() for i in (query_ids, queue_ids)]
+    return _scd_op(*(t.contiguous() for t in (*queries, *keys, *queues)), 1.0 / temperature, normalize, *ids)[0]

@@ -60,7 +60,7 @@ def _feature_cache(parser: argparse.ArgumentParser) -> None:
 
 
 def _linear_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--epochs", type=int, help="override the classifier's epochs (paper: 80)")
+    parser.add_argument("--epochs", type=int, help="override the classifier's epochs (paper: 80); the lr drops keep their place in the run")
     parser.add_argument("--lr", type=float, help="override the classifier's learning rate (paper: 2.0)")
     parser.add_argument("--batch-size", type=int, help="override the classifier's batch size (paper: 1024)")
     parser.add_argument("--standardize", action="store_true",
@@ -72,7 +72,7 @@ def _linear_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _finetune_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--epochs", type=int, help="override the epochs (default 100; tiny 30)")
+    parser.add_argument("--epochs", type=int, help="override the epochs (default 100; tiny 30); the lr drop keeps its place in the run")
     parser.add_argument("--lr", type=float, help="override the learning rate (default 0.1; tiny 0.01)")
     parser.add_argument("--batch-size", type=int, help="override the batch size (default 128; tiny 32)")
     parser.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
@@ -125,7 +125,8 @@ def build_parser() -> argparse.ArgumentParser:
                             description="Pretrain SCD-Net's encoder with its four-term contrastive loss. "
                                         "Defaults are the paper's: batch 64, SGD lr 0.01, 451 epochs.")
     _common(p)
-    p.add_argument("--epochs", type=int, help="override the preset's epochs (paper: 451)")
+    p.add_argument("--epochs", type=int, help="override the preset's epochs (paper: 451); the lr drop keeps its place in the run "
+                   "(epoch 351 of 451 becomes 78 of 100)")
     p.add_argument("--batch-size", type=int, help="override the preset's batch size (paper: 64)")
     p.add_argument("--lr", type=float, help="override the preset's learning rate (paper: 0.01)")
     p.add_argument("--representation", choices=("joint", "motion", "bone"), default="joint",
@@ -144,6 +145,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bn", choices=("auto", "local", "shuffle", "sync"),
                    help="BatchNorm across torchrun ranks: auto (shuffle-BN when distributed, default), local, "
                         "shuffle, or sync (SyncBatchNorm, CUDA only)")
+    p.add_argument("--queue-init", choices=("random", "keys"),
+                   help="how the queues start: random unit vectors (the paper's, default) or the initial key "
+                        "encoder's keys of real views, which keeps a short run from collapsing its features")
+    p.add_argument("--exclude-own-keys", action=argparse.BooleanOptionalAction, default=None,
+                   help="leave queued keys of a query's own sample out of its negatives (off by default, as the "
+                        "authors' loss; on NTU it never matters, a sample's older key has left the queue)")
     p.add_argument("--augment", choices=("batched", "reference"), default="batched",
                    help="view generation: 'batched' Numba kernels on the training device (default) or the "
                         "per-sample NumPy 'reference'")
@@ -173,6 +180,13 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--benchmark", choices=("xsub", "xview", "xset"), default="xsub",
                    help="xsub (both), xview (ntu60) or xset (ntu120); default xsub")
     f.add_argument("--jobs", type=int, help="worker processes parsing files (default: every core)")
+    f = _prepare_format(formats, "pku", "PKU-MMD part I or II: skeleton text files (a frame per line, 2 persons "
+                        "x 25 joints x 3) cut into one sample per labelled action, with NTU's normalisation "
+                        "(ntu25, T 300, 2 bodies)", "<sequence>.txt skeleton")
+    f.add_argument("--labels", required=True, help="the folder of <sequence>.txt label files (action, start, end, "
+                   "confidence per line; start a 0-based frame, end inclusive)")
+    f.add_argument("--split", required=True, help="the dataset's split file (cross-subject.txt or cross-view.txt): "
+                   "its training list trains, its validation list tests")
     _prepare_format(formats, "ucla", "NW-UCLA: the all_sqe JSON files (cross-view: views 1+2 train, 3 test)",
                     "aAA_sSS_eEE_vVV.json")
     f = _prepare_format(formats, "msr3d", "MSR Action3D: the Real3D skeleton text files (cross-subject: odd "
@@ -222,7 +236,8 @@ def _run_pretrain(args: argparse.Namespace) -> None:
     else:
         config = preset(args.preset, PretrainConfig, representation=args.representation, augment=args.augment,
                         **_overrides(args, ("epochs", "batch_size", "lr", "seed", "checkpoint_steps", "keep_last",
-                                            "log_every", "compile", "precision", "bn")))
+                                            "log_every", "compile", "precision", "bn", "queue_init",
+                                            "exclude_own_keys")))
         data = args.data if args.data == "synthetic" else os.path.abspath(args.data)
     device = resolve_device(args.device)
     train, _ = load_dataset(data, seed=config.seed)
@@ -285,6 +300,7 @@ def _run_prepare(args: argparse.Namespace) -> None:
     from scdfast.data import (
         prepare_msr3d,
         prepare_ntu,
+        prepare_pku,
         prepare_sbu,
         prepare_ucla,
         prepare_utd,
@@ -294,6 +310,7 @@ def _run_prepare(args: argparse.Namespace) -> None:
     importers = {
         "ntu": lambda: prepare_ntu.prepare_ntu(args.raw, args.out, dataset=args.dataset, benchmark=args.benchmark,
                                                jobs=args.jobs, **common),
+        "pku": lambda: prepare_pku.prepare_pku(args.raw, args.labels, args.split, args.out, **common),
         "ucla": lambda: prepare_ucla.prepare_ucla(args.raw, args.out, **common),
         "msr3d": lambda: prepare_msr3d.prepare_msr3d(args.raw, args.out, files=args.files, **common),
         "utd-mhad": lambda: prepare_utd.prepare_utd(args.raw, args.out, **common),

@@ -130,6 +130,18 @@ class PretrainConfig(_Presets):
     augment: str = "batched"
     """View generation: "batched" (the Numba kernels, on the GPU when training there) or
     "reference" (the per-sample NumPy reference, for comparison)."""
+    queue_init: str = "random"
+    """How the three queues start: "random" (unit normal vectors, the paper's) or "keys" (the
+    key encoder's keys of K / batch_size batches of real views, before the first step). With
+    random queues SCD-Net's cross-head terms are lowered most by mapping every sample to one
+    direction, until the random keys have left the queue; at the paper's length the run
+    recovers, but a short run keeps the collapsed features (their spread falls to about 1% of
+    their mean). Real keys leave no such shortcut (benchmarks/ACCURACY.md has both measured)."""
+    exclude_own_keys: bool = False
+    """Leave a queued key of the query's own sample out of its negatives (the keys carry their
+    sample ids). Off in the paper's recipe: with NTU's 40,091 samples and K = 8192 a sample's
+    older key has always left the queue; on a dataset not much larger than K it never has, and
+    SCD-Net would push each query away from its own sample."""
     seed: int = 0
     checkpoint_every: int = 1
     """Epochs between checkpoints."""
@@ -154,6 +166,8 @@ class PretrainConfig(_Presets):
                            "checkpoint_steps >= 0")
         if self.representation not in ("joint", "motion", "bone"):
             raise ScdError(f"representation={self.representation!r}: use joint, motion or bone")
+        if self.queue_init not in ("random", "keys"):
+            raise ScdError(f"queue_init={self.queue_init!r}: use random or keys")
         if self.augment not in ("batched", "reference"):
             raise ScdError(f"augment={self.augment!r}: use batched or reference")
         if self.batch_size < 1 or self.epochs < 1:
@@ -221,10 +235,17 @@ PRESETS = ("tiny", "paper")
 
 
 def preset(name: str, kind: type, **overrides):
-    """`preset("tiny", SCDConfig, window=64)` -> SCDConfig.tiny(window=64)."""
+    """`preset("tiny", SCDConfig, window=64)` -> SCDConfig.tiny(window=64). A schedule whose
+    `epochs` is overridden keeps its learning-rate drops at the same fractions of the run
+    (the paper's 351 of 451 becomes 78 of 100), unless `lr_drop_epochs` is given too."""
     if name not in PRESETS:
         raise ScdError(f"--preset {name!r}: choose one of {', '.join(PRESETS)}")
-    return getattr(kind, name)(**overrides)
+    make = getattr(kind, name)
+    if overrides.get("epochs") and "lr_drop_epochs" not in overrides and hasattr(kind, "lr_drop_epochs"):
+        base = make()
+        overrides["lr_drop_epochs"] = tuple(max(1, round(e * overrides["epochs"] / base.epochs))
+                                            for e in base.lr_drop_epochs)
+    return make(**overrides)
 
 
 def to_dict(config) -> dict:

@@ -102,6 +102,39 @@ def test_scd_loss_single_launch_equals_reference(n, k, d, normalize):
             queries, torch.float32)
 
 
+@pytest.mark.parametrize("n,k,d,normalize", [(7, 100, 16, False), (65, 257, 16, True)])
+def test_scd_loss_with_ids_leaves_out_the_querys_own_keys(n, k, d, normalize):
+    """Sample ids shared by the three queues: a query's own older keys are no negatives; row 0's
+    sample fills every queue row but one."""
+    make = (lambda rows: torch.randn(rows, d) * 3) if normalize else (lambda rows: unit(rows, d))
+    queries, keys, queues = [make(n) for _ in range(3)], [make(n) for _ in range(3)], [unit(k, d) for _ in range(3)]
+    query_ids = torch.randperm(1000)[:n]
+    queue_ids = query_ids[torch.randint(0, n, (k,))]
+    queue_ids[: k - 1] = query_ids[0]
+    compare(lambda *q: scd_loss(q, keys, queues, 0.1, backend="triton", normalize=normalize,
+                                query_ids=query_ids, queue_ids=queue_ids),
+            lambda *q: scd_loss(q, [t.double() for t in keys], [t.double() for t in queues], 0.1, backend="torch",
+                                normalize=normalize, query_ids=query_ids, queue_ids=queue_ids),
+            queries, torch.float32)
+
+
+def test_scd_loss_ids_reference_against_a_direct_sum():
+    """The reference with ids equals each term's log-softmax over the kept columns, in float64."""
+    n, k, d = 5, 12, 8
+    queries, keys = [unit(n, d).double() for _ in range(3)], [unit(n, d).double() for _ in range(3)]
+    queues = [unit(k, d).double() for _ in range(3)]
+    query_ids, queue_ids = torch.arange(n), torch.arange(k) % n
+    want = 0.0
+    for (q, pos, queue) in ((queries[0], keys[2], queues[2]), (queries[1], keys[2], queues[2]),
+                            (queries[2], keys[0], queues[0]), (queries[2], keys[1], queues[1])):
+        for i in range(n):
+            kept = [queue[j] for j in range(k) if queue_ids[j] != query_ids[i]]
+            logits = torch.stack([q[i] @ pos[i]] + [q[i] @ c for c in kept]) / 0.2
+            want += (torch.logsumexp(logits, 0) - logits[0]) / n
+    got = scd_loss(queries, keys, queues, 0.2, backend="torch", query_ids=query_ids, queue_ids=queue_ids)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+
+
 def test_scd_pass_is_one_launch_of_four_terms():
     from scdfast.kernels.infonce import scd_pass
 

@@ -113,6 +113,10 @@ def test_gradients_flow_to_queries_only_through_the_loss():
     (lambda: nt_xent(unit(2, 8), unit(3, 8)), "z2: 3 rows"),
     (lambda: scd_loss((unit(2, 8),) * 3, (unit(2, 8),) * 3, (unit(5, 8), unit(5, 8), unit(5, 7))),
      "instance_queue: embedding width 7"),
+    (lambda: scd_loss((unit(2, 8),) * 3, (unit(2, 8),) * 3, (unit(5, 8),) * 3, query_ids=torch.arange(2)),
+     "queue_ids is required"),
+    (lambda: scd_loss((unit(2, 8),) * 3, (unit(2, 8),) * 3, (unit(5, 8),) * 3, query_ids=torch.arange(2),
+                      queue_ids=torch.arange(4)), "queue_ids (5,)"),
 ])
 def test_bad_input_is_named(call, message):
     with pytest.raises(ScdError, match=re.escape(message)):

@@ -48,11 +48,20 @@ def _rotate_onto(v, target):
 
 def _straightforward(path):
     data = _read_slowly(path)
+    return normalise_slowly(select_slowly(data)), min(data.shape[1], 300)
+
+
+def select_slowly(data):
+    """The two bodies of largest motion energy, most energetic first."""
     energy = []
     for body in data:
         frames = [f for f in body if f.sum() != 0]
         energy.append(sum(np.std(np.array(frames)[:, :, c]) for c in range(3)) if frames else 0.0)
-    data = data[np.argsort(energy)[::-1][:2]]
+    return data[np.argsort(energy)[::-1][:2]]
+
+
+def normalise_slowly(data):
+    """(2, T, 25, 3) -> (3, 300, 25, 2): AGCN's padding, centring and alignment, joint by joint."""
     s = np.zeros((2, 300, 25, 3))
     s[:, : data.shape[1]] = data[:, :300]
     for p in range(2):                                   # pad, frame by frame
@@ -82,7 +91,7 @@ def _straightforward(path):
                 if s[p, t].sum() != 0:
                     for j in range(25):
                         s[p, t, j] = rotation @ s[p, t, j]
-    return s.transpose(3, 1, 2, 0).astype(np.float32), min(data.shape[1], 300)
+    return s.transpose(3, 1, 2, 0).astype(np.float32)
 
 
 def test_parsing_equals_the_parsed_release():

@@ -26,7 +26,9 @@ def dataset(tmp_path_factory):
 def _args(dataset, run_dir):
     return ["pretrain", "--preset", "tiny", "--data", str(dataset), "--epochs", str(EPOCHS), "--batch-size", "8",
             "--device", "cpu", "--run-dir", str(run_dir), "--no-progress", "--log-every", "1",
-            "--checkpoint-steps", "1", "--keep-last", "2", "--seed", "3"]
+            "--checkpoint-steps", "1", "--keep-last", "2", "--seed", "3",
+            # the queues filled before the first step, and their sample ids, must survive a kill too
+            "--queue-init", "keys", "--exclude-own-keys"]
 
 
 def _losses(run_dir) -> dict[int, str]:

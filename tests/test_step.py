@@ -1,12 +1,19 @@
 """The pretraining step's fast paths against the plain one: torch.compile gives the same
-losses (CPU, fp32), bf16 autocast stays close, and bad settings are refused by name."""
+losses (CPU, fp32), bf16 autocast stays close, and bad settings are refused by name; the
+phase timer and FLOP count leave the run alone; the queue fill writes the initial keys."""
+import copy
+
+import numpy as np
 import pytest
 import torch
 
-from scdfast.config import SCDConfig
+from scdfast.config import PretrainConfig, SCDConfig
 from scdfast.errors import ScdError
 from scdfast.models import SCDNet
+from scdfast.models.moco import QUEUE_NAMES
+from scdfast.train.phases import PHASES, PhaseTimer, step_flops
 from scdfast.train.step import PretrainStep
+from scdfast.train.views import epoch_order, queue_fill_batches
 
 CONFIG = SCDConfig.tiny(queue_size=64, dropout=0.0)
 
@@ -44,3 +51,76 @@ def test_bad_settings_are_named(kwargs, message):
     optimizer = torch.optim.SGD(model.query_encoder.parameters(), lr=0.1)
     with pytest.raises(ScdError, match=message):
         PretrainStep(model, optimizer, torch.device("cpu"), **kwargs)
+
+
+def test_flop_count_is_per_sample_and_leaves_the_run_untouched():
+    model = SCDNet(CONFIG)
+    views = [torch.randn(6, 3, CONFIG.window, 25, 2) for _ in range(2)]
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    rng = torch.get_rng_state()
+    flops = step_flops(model, *views)
+    assert torch.equal(torch.get_rng_state(), rng), "dropout's draws would shift a resumed run"
+    assert all(torch.equal(state[k], v) for k, v in model.state_dict().items()), "BatchNorm statistics changed"
+    assert all(p.grad is None for p in model.parameters())
+    assert flops > 0 and step_flops(model, *(torch.cat([v, v]) for v in views)) == 2 * flops
+
+
+def test_a_timed_step_splits_its_phases_and_computes_the_same_loss():
+    def run(timer):
+        torch.manual_seed(0)
+        model = SCDNet(CONFIG)
+        step = PretrainStep(model, torch.optim.SGD(model.query_encoder.parameters(), lr=0.05), torch.device("cpu"))
+        g = torch.Generator().manual_seed(1)
+        return step(*(torch.randn(8, 3, CONFIG.window, 25, 2, generator=g) for _ in range(2)), timer=timer)
+    timer = PhaseTimer(torch.device("cpu"))
+    assert torch.equal(run(timer), run(None))
+    assert timer.steps == 1 and all(timer.per_step()[phase] > 0 for phase in PHASES)
+
+
+def test_queue_fill_writes_the_initial_key_encoders_keys():
+    config = SCDConfig.tiny(queue_size=16, dropout=0.0)
+    model = SCDNet(config)
+    reference = copy.deepcopy(model)
+    step = PretrainStep(model, torch.optim.SGD(model.query_encoder.parameters(), lr=0.1), torch.device("cpu"))
+    views = [torch.randn(8, 3, config.window, 25, 2) for _ in range(2)]
+    for view in views:
+        step.enqueue_keys(view)
+    expected = [torch.cat(keys) for keys in zip(*(reference.encode_keys(v) for v in views))]
+    for queue, want in zip(model.queues, expected):
+        torch.testing.assert_close(queue, want)
+    assert all(int(getattr(model, f"{name}_queue_ptr")) == 0 for name in QUEUE_NAMES), "K keys: back at the start"
+
+
+def test_queue_fill_batches_cover_the_data_apart_from_training_order():
+    batches = queue_fill_batches(seed=0, num_samples=10, batch_size=4, count=5)
+    assert [len(b) for b in batches] == [4] * 5
+    flat = np.concatenate(batches)
+    assert sorted(flat[:10]) == list(range(10)) and sorted(flat[10:20]) == list(range(10))
+    assert not np.array_equal(flat[:10], epoch_order(0, 0, 10))
+    with pytest.raises(ScdError, match="queue_init='zeros'"):
+        PretrainConfig(queue_init="zeros")
+
+
+def test_own_keys_are_labelled_and_left_out_of_the_negatives(monkeypatch):
+    import scdfast.train.step as step_module
+    config = SCDConfig.tiny(queue_size=16, dropout=0.0)
+    model = SCDNet(config)
+    step = PretrainStep(model, torch.optim.SGD(model.query_encoder.parameters(), lr=0.1), torch.device("cpu"),
+                        exclude_own_keys=True)
+    view = lambda: torch.randn(8, 3, config.window, 25, 2)  # noqa: E731
+    step.enqueue_keys(view(), torch.arange(8))
+    step.enqueue_keys(view(), torch.arange(8, 16))
+    assert torch.equal(step.queue_ids, torch.arange(16))
+    seen = {}
+    real = step_module.scd_loss
+
+    def spy(*args, **kwargs):
+        seen.update({k: None if kwargs[k] is None else kwargs[k].clone() for k in ("query_ids", "queue_ids")})
+        return real(*args, **kwargs)
+    monkeypatch.setattr(step_module, "scd_loss", spy)
+    ids = torch.tensor([3, 20, 21, 22, 23, 24, 25, 9])
+    step(view(), view(), ids=ids)
+    assert torch.equal(seen["query_ids"], ids) and torch.equal(seen["queue_ids"], torch.arange(16))
+    assert torch.equal(step.queue_ids, torch.cat([ids, torch.arange(8, 16)])), "ids follow the keys' rows"
+    with pytest.raises(ScdError, match="query_ids is required"):
+        step(view(), view())

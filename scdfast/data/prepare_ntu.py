@@ -1,6 +1,7 @@
 """NTU RGB+D 60/120 raw `.skeleton` files -> a dataset directory (ntu25, T = 300, M = 2).
 
-The preprocessing the field uses (SCDNET.md, "NTU RGB+D preprocessing"), vectorised:
+The preprocessing the field uses (SCDNET.md, "NTU RGB+D preprocessing"), compiled with Numba
+(the file's structure walk, body selection and normalisation each run as one native loop):
   1. bodies by their position in each frame's list, at most 4; keep the 2 with the largest
      motion energy (the sum over x, y, z of the std of the body's non-zero frames);
   2. at most 300 frames; pad: a body whose first frame is empty has its non-empty frames moved
@@ -21,11 +22,12 @@ import re
 from concurrent.futures import ProcessPoolExecutor
 from importlib import resources
 
+import numba
 import numpy as np
 
 from scdfast.data.importer import read_each
 from scdfast.data.layouts import NTU25
-from scdfast.data.text_numbers import parse_numbers
+from scdfast.data.text_numbers import POWERS, is_blank, parse_at
 from scdfast.data.writer import DatasetWriter
 from scdfast.errors import ScdError
 
@@ -57,46 +59,101 @@ def is_training(name: str, dataset: str, benchmark: str) -> bool:
 def read_skeleton(path: str) -> np.ndarray:
     """(KINECT_BODIES, T, 25, 3) float64 xyz; a body is its position in each frame's list.
 
-    Every value of the file is parsed in one compiled pass and the structure walked by offsets; a
-    file that does not fit that walk is read again line by line, which names the line at fault."""
-    with open(path) as f:
-        text = f.read()
-    xyz = _read_tokens(text)
+    One compiled pass walks the file's structure line by line, parsing x, y, z of each joint
+    and checking the other values' count and characters; a file that does not fit that walk is
+    read again line by line in Python, which names the line at fault."""
+    with open(path, "rb") as f:
+        raw = f.read()
+    buf = np.frombuffer(raw, dtype=np.uint8)
+    frames = _frame_count(buf, POWERS)
+    xyz = None
+    if frames > 0:
+        xyz = np.zeros((KINECT_BODIES, frames, JOINTS, 3))
+        if not _walk(buf, POWERS, xyz):
+            xyz = None
     if xyz is None:
-        xyz = _read_lines(path, text.splitlines())
+        xyz = _read_lines(path, raw.decode("ascii", errors="replace").splitlines())
     if not np.isfinite(xyz).all():
         raise ScdError(f"{path}: contains NaN or Inf")
     return xyz
 
 
-def _read_tokens(text: str) -> np.ndarray | None:
-    """The fast path, or None when the file is malformed (the slow path then says how)."""
-    values = parse_numbers(text)
-    if values is None:
-        return None
-    n, at = len(values), 1
-    if n == 0 or values[0] != int(values[0]) or values[0] <= 0:
-        return None
-    frames = int(values[0])
-    xyz = np.zeros((KINECT_BODIES, frames, JOINTS, 3))
-    lines = 1 + frames
-    for t in range(frames):
-        if at >= n:
-            return None
-        bodies = int(values[at])
-        at += 1
-        lines += bodies * (2 + JOINTS)
+# Byte classes for the line scan: 1 a character of a number, 2 a blank, 0 anything else.
+_BYTE_CLASS = np.zeros(256, dtype=np.uint8)
+_BYTE_CLASS[np.frombuffer(b"0123456789.+-eE", dtype=np.uint8)] = 1
+_BYTE_CLASS[np.frombuffer(b" \t\r", dtype=np.uint8)] = 2
+
+
+@numba.njit(cache=True)
+def _line_end(buf, i):
+    """(values on the rest of the line from i, index of the next line; -1 for a character that
+    no number has). Branch-free per byte: digits and blanks alternate unpredictably."""
+    tokens = 0
+    after_blank = 1
+    bad = 0
+    while i < buf.shape[0] and buf[i] != 10:
+        kind = _BYTE_CLASS[buf[i]]
+        tokens += (kind == 1) & after_blank
+        after_blank = kind == 2
+        bad |= kind == 0
+        i += 1
+    return tokens, (-1 if bad else i + 1)
+
+
+@numba.njit(cache=True)
+def _integer_line(buf, i, powers):
+    """The line at i holds one integer: (it, next line), next line -1 when it does not."""
+    while i < buf.shape[0] and (buf[i] == 32 or buf[i] == 9):
+        i += 1
+    if i >= buf.shape[0] or is_blank(buf[i]):
+        return 0, -1
+    value, i = parse_at(buf, i, powers)
+    if i < 0 or value != int(value):
+        return 0, -1
+    rest, i = _line_end(buf, i)
+    return int(value), (i if rest == 0 else -1)
+
+
+@numba.njit(cache=True)
+def _frame_count(buf, powers):
+    count, at = _integer_line(buf, 0, powers)
+    return count if at > 0 else -1
+
+
+@numba.njit(cache=True)
+def _walk(buf, powers, xyz):
+    """Fill xyz (KINECT_BODIES, T, 25, 3) from the file; False where its structure is off."""
+    _, at = _integer_line(buf, 0, powers)
+    for t in range(xyz.shape[1]):
+        bodies, at = _integer_line(buf, at, powers)
+        if at < 0:
+            return False
         for m in range(bodies):
-            at += 10                                  # the body's info line
-            if at >= n or values[at] != JOINTS or at + 1 + JOINTS * 12 > n:
-                return None
-            if m < KINECT_BODIES:
-                xyz[m, t] = values[at + 1: at + 1 + JOINTS * 12].reshape(JOINTS, 12)[:, :3]
-            at += 1 + JOINTS * 12
-    # token counts alone cannot see a value moved to another line: the line count must fit too
-    if at != n or text.strip().count("\n") + 1 != lines:
-        return None
-    return xyz
+            info, at = _line_end(buf, at)
+            if at < 0 or info != 10:
+                return False
+            joints, at = _integer_line(buf, at, powers)
+            if at < 0 or joints != JOINTS:
+                return False
+            for j in range(JOINTS):
+                for c in range(3):
+                    while at < buf.shape[0] and (buf[at] == 32 or buf[at] == 9):
+                        at += 1
+                    if at >= buf.shape[0] or is_blank(buf[at]):
+                        return False
+                    value, at = parse_at(buf, at, powers)
+                    if at < 0:
+                        return False
+                    if m < xyz.shape[0]:
+                        xyz[m, t, j, c] = value
+                rest, at = _line_end(buf, at)
+                if at < 0 or rest != 9:
+                    return False
+    while at < buf.shape[0]:  # nothing but blanks after the last frame
+        if not is_blank(buf[at]):
+            return False
+        at += 1
+    return True
 
 
 def _read_lines(path: str, lines: list[str]) -> np.ndarray:
@@ -158,58 +215,124 @@ def _numeric(line: str) -> bool:
 
 def select_bodies(xyz: np.ndarray) -> np.ndarray:
     """The MAX_BODIES bodies of largest motion energy, most energetic first: (2, T, 25, 3)."""
-    energy = np.zeros(xyz.shape[0])
-    for m, body in enumerate(xyz):
-        valid = body.sum(axis=(1, 2)) != 0
-        if valid.any():
-            energy[m] = body[valid].std(axis=(0, 1)).sum()  # std of each coordinate over frames and joints
-    return xyz[np.argsort(energy)[::-1][:MAX_BODIES]]
+    return xyz[np.argsort(_energies(xyz))[::-1][:MAX_BODIES]]
 
 
-def _rotation(v: np.ndarray, target: np.ndarray) -> np.ndarray:
+@numba.njit(cache=True)
+def _energies(xyz):
+    """Per body: the sum over x, y, z of the std of its non-empty frames (over frames and joints)."""
+    bodies, frames, joints, _ = xyz.shape
+    energy = np.zeros(bodies)
+    for m in range(bodies):
+        count, total, squares = 0, np.zeros(3), np.zeros(3)
+        for t in range(frames):
+            if xyz[m, t].sum() == 0:
+                continue
+            count += joints
+            for j in range(joints):
+                for c in range(3):
+                    total[c] += xyz[m, t, j, c]
+        if count == 0:
+            continue
+        mean = total / count
+        for t in range(frames):  # two passes, as np.std: no cancellation in a one-pass formula
+            if xyz[m, t].sum() == 0:
+                continue
+            for j in range(joints):
+                for c in range(3):
+                    squares[c] += (xyz[m, t, j, c] - mean[c]) ** 2
+        energy[m] = np.sqrt(squares / count).sum()
+    return energy
+
+
+@numba.njit(cache=True)
+def _rotation(v, target):
     """The rotation about v x target that turns v's direction into target's (Rodrigues)."""
     axis = np.cross(v, target)
     if np.abs(axis).sum() < 1e-6 or np.abs(v).sum() < 1e-6:
         return np.eye(3)
     axis = axis / np.linalg.norm(axis)
-    angle = np.arccos(np.clip(np.dot(v / np.linalg.norm(v), target), -1.0, 1.0))
+    angle = np.arccos(min(max(np.dot(v / np.linalg.norm(v), target), -1.0), 1.0))
     if abs(angle) < 1e-6:
         return np.eye(3)
-    k = np.array([[0, -axis[2], axis[1]], [axis[2], 0, -axis[0]], [-axis[1], axis[0], 0]])
+    k = np.array([[0.0, -axis[2], axis[1]], [axis[2], 0.0, -axis[0]], [-axis[1], axis[0], 0.0]])
     return np.eye(3) + np.sin(angle) * k + (1 - np.cos(angle)) * (k @ k)
+
+
+@numba.njit(cache=True)
+def _frame_sums(person, sums):
+    for t in range(person.shape[0]):
+        total = 0.0
+        for j in range(person.shape[1]):
+            total += person[t, j, 0] + person[t, j, 1] + person[t, j, 2]
+        sums[t] = total
+
+
+@numba.njit(cache=True)
+def _pad(person, sums):
+    """A body whose first frame is empty has its non-empty frames moved to the front; the empty
+    tail after its last frame is filled by repeating its frames from the start."""
+    frames = person.shape[0]
+    _frame_sums(person, sums)
+    if sums[0] == 0:
+        kept = 0
+        for t in range(frames):
+            if sums[t] != 0:
+                person[kept] = person[t]
+                kept += 1
+        person[kept:] = 0
+        _frame_sums(person, sums)
+    for i in range(1, frames):
+        if sums[i] == 0 and person[i:].sum() == 0:
+            for t in range(i, frames):
+                person[t] = person[(t - i) % i]
+            return
+
+
+@numba.njit(cache=True)
+def _normalise(bodies, out):
+    s = out
+    t_in = min(bodies.shape[1], MAX_FRAMES)
+    s[:, :t_in] = bodies[:, :t_in]
+    if s.sum() == 0:
+        return
+    sums = np.empty(MAX_FRAMES)
+    present = np.zeros(MAX_BODIES, dtype=np.bool_)
+    for m in range(MAX_BODIES):                                                  # pad
+        present[m] = s[m].sum() != 0
+        if present[m]:
+            _pad(s[m], sums)
+    centre = s[0, :, 1].copy()                                                   # T, 3: joint 1 of body 0
+    for m in range(MAX_BODIES):                                                  # centre; zeros stay zero
+        if not present[m]:
+            continue
+        for t in range(MAX_FRAMES):
+            for j in range(JOINTS):
+                if s[m, t, j, 0] + s[m, t, j, 1] + s[m, t, j, 2] != 0:
+                    for c in range(3):
+                        s[m, t, j, c] -= centre[t, c]
+                else:
+                    s[m, t, j] = 0.0
+    for a, b, axis in ((0, 1, 2), (4, 8, 0)):                                   # align: +z, then +x
+        target = np.zeros(3)
+        target[axis] = 1.0
+        r = _rotation(s[0, 0, b] - s[0, 0, a], target)
+        for m in range(MAX_BODIES):
+            _frame_sums(s[m], sums)
+            for t in range(MAX_FRAMES):
+                if sums[t] == 0:                                                 # empty frames stay empty
+                    continue
+                for j in range(JOINTS):
+                    x, y, z = s[m, t, j, 0], s[m, t, j, 1], s[m, t, j, 2]
+                    for c in range(3):
+                        s[m, t, j, c] = r[c, 0] * x + r[c, 1] * y + r[c, 2] * z
 
 
 def normalise(bodies: np.ndarray) -> np.ndarray:
     """(2, T, 25, 3) -> (2, 300, 25, 3) float32: padded, centred and aligned (steps 2-4)."""
-    s = np.zeros((MAX_BODIES, MAX_FRAMES, JOINTS, 3))
-    t = min(bodies.shape[1], MAX_FRAMES)
-    s[:, :t] = bodies[:, :t]
-    if s.sum() == 0:
-        return s.astype(np.float32)
-    for person in s:                                                    # pad
-        frame_sums = person.sum(axis=(1, 2))
-        if person.sum() == 0:
-            continue
-        if frame_sums[0] == 0:
-            kept = person[frame_sums != 0].copy()
-            person[:] = 0
-            person[: len(kept)] = kept
-            frame_sums = person.sum(axis=(1, 2))
-        for i in np.flatnonzero(frame_sums == 0):
-            if person[i:].sum() == 0:
-                person[i:] = np.resize(person[:i], (MAX_FRAMES - i, JOINTS, 3)) if i else 0
-                break
-    centre = s[0, :, 1:2].copy()                                        # T, 1, 3: joint 1 of body 0
-    for m in range(MAX_BODIES):
-        if s[m].sum() == 0:
-            continue
-        keep = (s[m].sum(axis=-1) != 0)[..., None]                      # T, V, 1
-        s[m] = (s[m] - centre) * keep
-    for (a, b), target in (((0, 1), np.array([0.0, 0.0, 1.0])), ((4, 8), np.array([1.0, 0.0, 0.0]))):
-        rotation = _rotation(s[0, 0, b] - s[0, 0, a], target)
-        live = s.sum(axis=(2, 3)) != 0                                  # M, T: frames that are not empty
-        s[live] = s[live] @ rotation.T
-    return s.astype(np.float32)
+    out = np.zeros((MAX_BODIES, MAX_FRAMES, JOINTS, 3))
+    _normalise(np.ascontiguousarray(bodies, dtype=np.float64), out)
+    return out.astype(np.float32)
 
 
 def convert(path: str) -> tuple[np.ndarray, int]:

@@ -67,6 +67,15 @@ def _check_finite(**tensors: torch.Tensor) -> None:
             raise ScdError(f"{name}: contains NaN or Inf")
 
 
+def _check_ids(query_ids: torch.Tensor | None, queue_ids: torch.Tensor | None, n: int, k: int) -> None:
+    if (query_ids is None) != (queue_ids is None):
+        missing = "query_ids" if query_ids is None else "queue_ids"
+        raise ScdError(f"{missing} is required when the other ids are given")
+    if query_ids is not None and (query_ids.shape != (n,) or queue_ids.shape != (k,)):
+        raise ScdError(f"ids: query_ids must be ({n},) and queue_ids ({k},), "
+                       f"got {tuple(query_ids.shape)} and {tuple(queue_ids.shape)}")
+
+
 def infonce(q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor, temperature: float = 0.2,
             query_ids: torch.Tensor | None = None, queue_ids: torch.Tensor | None = None,
             backend: str = "auto", normalize: bool = False, check_finite: bool = True) -> torch.Tensor:
@@ -83,13 +92,7 @@ def infonce(q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor, temperature: 
     if k.shape[0] != q.shape[0]:
         raise ScdError(f"k: {k.shape[0]} positives for {q.shape[0]} queries")
     _check_temperature(temperature)
-    if (query_ids is None) != (queue_ids is None):
-        missing = "query_ids" if query_ids is None else "queue_ids"
-        raise ScdError(f"{missing} is required when the other ids are given")
-    if query_ids is not None:
-        if query_ids.shape != (q.shape[0],) or queue_ids.shape != (queue.shape[0],):
-            raise ScdError(f"ids: query_ids must be ({q.shape[0]},) and queue_ids ({queue.shape[0]},), "
-                           f"got {tuple(query_ids.shape)} and {tuple(queue_ids.shape)}")
+    _check_ids(query_ids, queue_ids, q.shape[0], queue.shape[0])
     if check_finite:
         _check_finite(q=q, k=k, queue=queue)
     if _resolve_backend(backend, q, k, queue) == "triton":
@@ -119,11 +122,15 @@ def clip_loss(a: torch.Tensor, b: torch.Tensor, temperature: float = 0.07, backe
 
 
 def scd_loss(queries, keys, queues, temperature: float = 0.2, backend: str = "auto",
-             normalize: bool = False, check_finite: bool = True) -> torch.Tensor:
+             normalize: bool = False, check_finite: bool = True, query_ids: torch.Tensor | None = None,
+             queue_ids: torch.Tensor | None = None) -> torch.Tensor:
     """SCD-Net's four-term interactive InfoNCE.
 
     queries (qt, qs, qi), keys (kt, ks, ki): (N, D) each, L2-normalised unless `normalize`;
-    queues (temporal, spatial, instance): (K, D) each.
+    queues (temporal, spatial, instance): (K, D) each. With ids (query_ids (N,), queue_ids (K,),
+    one per row of all three queues, which are filled together), a queue key of the query's
+    own sample is no negative: on a dataset not much larger than K, each sample's key from
+    the epoch before is still queued.
     """
     if len(queries) != 3 or len(keys) != 3 or len(queues) != 3:
         raise ScdError("scd_loss: queries, keys and queues must each be 3 tensors (temporal, spatial, instance)")
@@ -137,13 +144,17 @@ def scd_loss(queries, keys, queues, temperature: float = 0.2, backend: str = "au
         if t.shape[0] != n:
             raise ScdError(f"{name}: {t.shape[0]} rows, qt has {n}")
     _check_temperature(temperature)
+    if len({t.shape[0] for t in queues}) == 1:
+        _check_ids(query_ids, queue_ids, n, queues[0].shape[0])
+    elif query_ids is not None:
+        raise ScdError("scd_loss: ids need the three queues to have one length (one id per row of each)")
     if check_finite:
         _check_finite(**dict(zip(("qt", "qs", "qi", "kt", "ks", "ki"), (*queries, *keys))),
                       **dict(zip(("temporal_queue", "spatial_queue", "instance_queue"), queues)))
     if _resolve_backend(backend, *queries, *keys, *queues) == "triton":
         from scdfast.kernels.infonce import fused_scd_loss
-        return fused_scd_loss(queries, keys, queues, temperature, normalize)
-    return reference.scd_loss_ref(queries, keys, queues, temperature, normalize)
+        return fused_scd_loss(queries, keys, queues, temperature, normalize, query_ids, queue_ids)
+    return reference.scd_loss_ref(queries, keys, queues, temperature, normalize, query_ids, queue_ids)
 
 
 __all__ = ["BACKENDS", "clip_loss", "infonce", "nt_xent", "scd_loss"]

@@ -57,7 +57,10 @@ def scd_terms(queries, keys, queues):
     return ((qt, ki, i_queue), (qs, ki, i_queue), (qi, kt, t_queue), (qi, ks, s_queue))
 
 
-def scd_loss_ref(queries, keys, queues, temperature: float, normalize: bool = False) -> torch.Tensor:
-    """SCD-Net's loss: the sum of its four InfoNCE terms, each a batch mean."""
-    return sum(infonce_ref(q, k, queue, temperature, normalize=normalize)
+def scd_loss_ref(queries, keys, queues, temperature: float, normalize: bool = False,
+                 query_ids: torch.Tensor | None = None, queue_ids: torch.Tensor | None = None) -> torch.Tensor:
+    """SCD-Net's loss: the sum of its four InfoNCE terms, each a batch mean. With ids (one per
+    query, one per queue row, shared by the three queues), a queue key of the query's own
+    sample is no negative."""
+    return sum(infonce_ref(q, k, queue, temperature, query_ids, queue_ids, normalize=normalize)
                for q, k, queue in scd_terms(queries, keys, queues))

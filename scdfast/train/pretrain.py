@@ -28,11 +28,12 @@ from scdfast.train.checkpoints import (
     restore_random_states,
 )
 from scdfast.train.distributed import Distributed
+from scdfast.train.phases import PhaseTimer, peak_flops, step_flops
 from scdfast.train.plots import plot_curves
 from scdfast.train.rundir import MetricsCSV, atomic_write, save_json
 from scdfast.train.signals import Interrupted, StopSignals
 from scdfast.train.step import PretrainStep
-from scdfast.train.views import ViewSource, epoch_order
+from scdfast.train.views import ViewSource, epoch_order, queue_fill_batches, sample_ids
 
 CHECKPOINT_FORMAT = "scdfast-pretrain-v1"
 METRIC_FIELDS = ["epoch", "step", "loss", "lr", "samples_per_s", "data_s", "compute_s"]
@@ -48,12 +49,25 @@ class PretrainResult:
     data_s: float = 0.0          # host time making views (on CUDA: launching them)
     compute_s: float = 0.0       # host time in steps (on CUDA the device may run behind it)
     peak_memory_bytes: int = 0   # CUDA: the allocator's peak; CPU: the process's peak RSS
+    phase_ms: dict = dataclasses.field(default_factory=dict)  # per sampled step: forward, backward, optimiser
+    sampled_steps: int = 0       # steps timed phase by phase (synchronised)
+    flops_per_step: int = 0      # model FLOPs of one step (query forward + backward, key forward)
+    model_tflops: float = 0.0    # achieved model TFLOP/s over this run's steps
+    mfu: float | None = None     # model FLOP utilisation: achieved over the GPU's dense bf16 peak
 
     def report(self) -> str:
         total = max(self.data_s + self.compute_s, 1e-9)
-        return (f"{self.samples_per_s:.1f} samples/s; time in views {self.data_s:.1f} s "
+        line = (f"{self.samples_per_s:.1f} samples/s; time in views {self.data_s:.1f} s "
                 f"({100 * self.data_s / total:.0f}%), in steps {self.compute_s:.1f} s; "
                 f"peak memory {self.peak_memory_bytes / 2**20:.0f} MiB")
+        if self.sampled_steps:
+            line += (f"\nper step ({self.sampled_steps} sampled, synchronised): "
+                     + ", ".join(f"{phase} {ms:.1f} ms" for phase, ms in self.phase_ms.items()))
+        if self.flops_per_step:
+            line += f"\nmodel {self.flops_per_step / 1e9:.2f} GFLOP a step, {self.model_tflops:.3f} TFLOP/s achieved"
+            if self.mfu is not None:
+                line += f", MFU {100 * self.mfu:.1f}% of the GPU's dense bf16 peak"
+        return line
 
 
 def _tensorboard(run_dir: str):
@@ -112,6 +126,17 @@ def load_resume_state(run_dir: str) -> dict:
     return state
 
 
+def _fill_queues(run_step: PretrainStep, views: ViewSource, model_config: SCDConfig, config: PretrainConfig,
+                 num_samples: int, shard, progress: bool) -> None:
+    """`queue_init="keys"`: K / batch_size batches of key views through the key encoder into the
+    queues, each batch its own augmentation stream (steps -1, -2, ..., apart from training's)."""
+    count = model_config.queue_size // config.batch_size
+    batches = queue_fill_batches(config.seed, num_samples, config.batch_size, count)
+    for i, index in enumerate(tqdm(batches, desc="filling queues", unit="batch", disable=not progress)):
+        _, key_view = views(index, -(i + 1), shard)
+        run_step.enqueue_keys(key_view, sample_ids(index, key_view.device, shard))
+
+
 def pretrain(model_config: SCDConfig, config: PretrainConfig, train: SkeletonSet, run_dir: str,
              device: torch.device, progress: bool = True, resume: dict | None = None,
              data: str = "synthetic") -> PretrainResult:
@@ -134,11 +159,13 @@ def pretrain(model_config: SCDConfig, config: PretrainConfig, train: SkeletonSet
                                 weight_decay=config.weight_decay)
     bn = config.bn if config.bn != "auto" else ("shuffle" if distributed is not None else "local")
     run_step = PretrainStep(model, optimizer, device, config.compile, config.precision, distributed, bn,
-                            seed=config.seed)
+                            seed=config.seed, exclude_own_keys=config.exclude_own_keys)
     keeper = CheckpointKeeper(os.path.join(run_dir, "checkpoints"), config.keep_last, enabled=main_process)
     step, best = 0, math.inf
     if resume is not None:
         model.load_state_dict(resume["model"])
+        if run_step.queue_ids is not None and resume.get("queue_ids") is not None:
+            run_step.queue_ids.copy_(resume["queue_ids"])
         optimizer.load_state_dict(resume["optimizer"])
         restore_random_states(resume["random"])
         if resume.get("reference_rng") is not None and config.augment == "reference":
@@ -146,9 +173,13 @@ def pretrain(model_config: SCDConfig, config: PretrainConfig, train: SkeletonSet
         step, best = resume["step"], resume.get("best_loss", math.inf)
         _truncate_csv(os.path.join(run_dir, "steps.csv"), "step", step)
         _truncate_csv(os.path.join(run_dir, "metrics.csv"), "step", step)
-    elif main_process:
-        save_json({"command": "pretrain", "data": data, "model": to_dict(model_config), "pretrain": to_dict(config),
-                   "device": str(device), "train_samples": len(train)}, os.path.join(run_dir, "config.json"))
+    else:
+        if config.queue_init == "keys":
+            _fill_queues(run_step, views, model_config, config, len(train), shard, progress and main_process)
+        if main_process:
+            save_json({"command": "pretrain", "data": data, "model": to_dict(model_config),
+                       "pretrain": to_dict(config), "device": str(device), "train_samples": len(train)},
+                      os.path.join(run_dir, "config.json"))
     metrics = MetricsCSV(os.path.join(run_dir, "metrics.csv"), METRIC_FIELDS, enabled=main_process)
     board = _tensorboard(run_dir) if main_process else None
     step_log = MetricsCSV(os.path.join(run_dir, "steps.csv"), ["step", "loss"], enabled=main_process)
@@ -158,9 +189,10 @@ def pretrain(model_config: SCDConfig, config: PretrainConfig, train: SkeletonSet
                 "pretrain_config": to_dict(config), "data": data, "epoch": step // steps_per_epoch,
                 "step": step, "model": model.state_dict(), "optimizer": optimizer.state_dict(), "random": random_states(),
                 "reference_rng": views.rng.bit_generator.state if config.augment == "reference" else None,
-                "best_loss": best, "epoch_loss": epoch_loss}
+                "best_loss": best, "epoch_loss": epoch_loss, "queue_ids": run_step.queue_ids}
 
     first_step, data_total, compute_total = step, 0.0, 0.0
+    timer, flops_per_step = PhaseTimer(device), None
     bar = tqdm(total=total, initial=step, desc="pretrain", unit="step", disable=not (progress and main_process),
                dynamic_ncols=True)
     loss_value, start = math.nan, time.perf_counter()
@@ -179,9 +211,15 @@ def pretrain(model_config: SCDConfig, config: PretrainConfig, train: SkeletonSet
                 epoch_start = time.perf_counter()
                 for b in range(first, steps_per_epoch):
                     t0 = time.perf_counter()
-                    q_view, k_view = views(order[b * config.batch_size:(b + 1) * config.batch_size], step, shard)
+                    batch = order[b * config.batch_size:(b + 1) * config.batch_size]
+                    q_view, k_view = views(batch, step, shard)
+                    ids = sample_ids(batch, q_view.device, shard) if config.exclude_own_keys else None
                     t1 = time.perf_counter()
-                    loss = run_step(q_view, k_view)
+                    if flops_per_step is None:
+                        flops_per_step = step_flops(model, q_view, k_view)
+                        t1 = time.perf_counter()
+                    sampled = step - first_step >= 2 and step % config.log_every == 0  # not compile's steps
+                    loss = run_step(q_view, k_view, timer if sampled else None, ids)
                     epoch_sum += loss
                     interval_sum += loss
                     pending += 1
@@ -242,9 +280,14 @@ def pretrain(model_config: SCDConfig, config: PretrainConfig, train: SkeletonSet
         if main_process:
             plot_curves(run_dir)  # also after a crash or a stop: the figure of what ran
     seconds = time.perf_counter() - start
+    achieved = (flops_per_step or 0) * (step - first_step) / max(seconds, 1e-9)
+    peak = peak_flops(device)
     result = PretrainResult(checkpoint=keeper.last, final_loss=loss_value, steps=step, seconds=seconds,
                             samples_per_s=(step - first_step) * config.batch_size / max(seconds, 1e-9),
-                            data_s=data_total, compute_s=compute_total, peak_memory_bytes=_peak_memory(device))
+                            data_s=data_total, compute_s=compute_total, peak_memory_bytes=_peak_memory(device),
+                            phase_ms={p: 1000 * s for p, s in timer.per_step().items()}, sampled_steps=timer.steps,
+                            flops_per_step=flops_per_step or 0, model_tflops=achieved / 1e12,
+                            mfu=achieved / peak if peak else None)
     if main_process:
         save_json(dataclasses.asdict(result), os.path.join(run_dir, "report.json"))
     return result

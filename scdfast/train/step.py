@@ -16,6 +16,7 @@ from scdfast.errors import ScdError
 from scdfast.losses import scd_loss
 from scdfast.models import SCDNet
 from scdfast.train.distributed import Distributed
+from scdfast.train.phases import PhaseTimer
 
 COMPILE_MODES = ("auto", "off", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -43,7 +44,7 @@ def resolve_precision(precision: str, device: torch.device) -> str:
 class PretrainStep:
     def __init__(self, model: SCDNet, optimizer: torch.optim.Optimizer, device: torch.device,
                  compile_mode: str = "auto", precision: str = "auto", distributed: Distributed | None = None,
-                 bn_mode: str = "local", seed: int = 0):
+                 bn_mode: str = "local", seed: int = 0, exclude_own_keys: bool = False):
         if bn_mode not in BN_MODES:
             raise ScdError(f"bn={bn_mode!r}: choose one of {', '.join(BN_MODES)}")
         if bn_mode != "local" and distributed is None:
@@ -67,6 +68,9 @@ class PretrainStep:
         self.device = device
         # shuffle-BN draws its permutation from a generator in step on every rank
         self.shuffle_generator = torch.Generator().manual_seed(seed)
+        # the sample id of every queue row (-1: none), when a query's own keys are no negatives
+        self.queue_ids = (torch.full((model.config.queue_size,), -1, dtype=torch.long, device=device)
+                          if exclude_own_keys else None)
 
     def _autocast(self):
         if self.precision == "bf16":
@@ -77,8 +81,33 @@ class PretrainStep:
         with self._autocast():
             return tuple(F.normalize(z.float(), dim=1) for z in self.key(view))
 
-    def __call__(self, query_view: torch.Tensor, key_view: torch.Tensor) -> torch.Tensor:
+    @torch.no_grad()
+    def enqueue_keys(self, key_view: torch.Tensor, ids: torch.Tensor | None = None) -> None:
+        """Write the key encoder's keys of `key_view` (samples `ids`) into the queues, with no
+        training step: how `queue_init="keys"` fills them before the first step."""
+        self._enqueue(self._encode_keys(key_view), ids)
+
+    @torch.no_grad()
+    def _enqueue(self, keys: tuple, ids: torch.Tensor | None) -> None:
+        """Keys (and their sample ids) of every rank, written at the queues' pointer."""
+        if self.distributed is not None:
+            keys = tuple(self.distributed.gather(k) for k in keys)
+            ids = self.distributed.gather(ids) if ids is not None else None
+        if self.queue_ids is not None:
+            if ids is None:
+                raise ScdError("exclude_own_keys needs each batch's sample ids")
+            ptr = self.model.instance_queue_ptr  # the three pointers move together
+            rows = (ptr + torch.arange(ids.shape[0], device=ptr.device)) % self.queue_ids.shape[0]
+            self.queue_ids.index_copy_(0, rows, ids.to(self.queue_ids.device))
+        self.model.enqueue(keys)
+
+    def __call__(self, query_view: torch.Tensor, key_view: torch.Tensor, timer: PhaseTimer | None = None,
+                 ids: torch.Tensor | None = None) -> torch.Tensor:
+        """One step on the views of samples `ids` (device int64, needed with exclude_own_keys);
+        with `timer` (a sampled step) it synchronises at each phase boundary."""
         model = self.model
+        if timer is not None:
+            timer.start()
         model.momentum_update()
         with torch.no_grad():
             if self.bn_mode == "shuffle":
@@ -88,11 +117,17 @@ class PretrainStep:
         with self._autocast():
             projections = self.query(query_view)
         queries = tuple(F.normalize(z.float(), dim=1) for z in projections)
-        loss = scd_loss(queries, keys, model.queues, model.config.temperature, check_finite=False)
+        masked = self.queue_ids is not None
+        loss = scd_loss(queries, keys, model.queues, model.config.temperature, check_finite=False,
+                        query_ids=ids if masked else None, queue_ids=self.queue_ids if masked else None)
         self.optimizer.zero_grad(set_to_none=True)
+        if timer is not None:
+            timer.mark("forward")
         loss.backward()
+        if timer is not None:
+            timer.mark("backward")
         self.optimizer.step()
-        if self.distributed is not None:
-            keys = tuple(self.distributed.gather(k) for k in keys)
-        model.enqueue(keys)
+        self._enqueue(keys, ids)
+        if timer is not None:
+            timer.mark("optimiser")
         return loss.detach()

@@ -60,6 +60,23 @@ class ViewSource:
         return views[: len(index)], views[len(index):]  # on self.device: where ResidentData put the batch
 
 
+def sample_ids(batch_index: np.ndarray, device: torch.device, shard: tuple[int, int] | None = None) -> torch.Tensor:
+    """The sample index of each view `ViewSource` makes for `batch_index` (sorted, this rank's
+    share), on the device: what a queued key is labelled with."""
+    everything = np.sort(batch_index)
+    lo, hi = shard or (0, len(everything))
+    return torch.from_numpy(everything[lo:hi].astype(np.int64)).to(device, non_blocking=True)
+
+
 def epoch_order(seed: int, epoch: int, num_samples: int) -> np.ndarray:
     """The sample order of one epoch, a function of (seed, epoch) alone."""
     return np.random.default_rng([seed, epoch]).permutation(num_samples)
+
+
+def queue_fill_batches(seed: int, num_samples: int, batch_size: int, count: int) -> list[np.ndarray]:
+    """`count` batches of sample indices for filling the queues before training: whole
+    permutations, drawn apart from the training order's stream."""
+    rng = np.random.default_rng([seed, 0x51554555])  # "QUEUE"
+    needed = count * batch_size
+    order = np.concatenate([rng.permutation(num_samples) for _ in range(-(-needed // num_samples))])
+    return [order[i * batch_size:(i + 1) * batch_size] for i in range(count)]
