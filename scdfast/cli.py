@@ -11,6 +11,7 @@ import os
 import sys
 
 from scdfast.config import LinearConfig, PretrainConfig, SCDConfig, preset
+from scdfast.data.synthetic import is_synthetic
 from scdfast.errors import ScdError
 
 EXIT_USER_ERROR = 2
@@ -21,8 +22,9 @@ def _common(parser: argparse.ArgumentParser) -> None:
                         help="model and schedule sizes: 'paper' is the published setting (default), "
                              "'tiny' a CPU-sized model and schedule")
     parser.add_argument("--data", default="synthetic",
-                        help="'synthetic' (the built-in generated dataset, default) or a dataset directory "
-                             "holding {train,val}_data_joint.npy and {train,val}_label.pkl")
+                        help="'synthetic' (the built-in generated dataset on NTU's 25 joints, default), "
+                             "'synthetic:kinect20' or 'synthetic:sbu15' (the same bodies on those layouts), or a "
+                             "dataset directory holding {train,val}_data_joint.npy and {train,val}_label.pkl")
     parser.add_argument("--device", default="auto", help="auto (CUDA when present, default), cpu, cuda or cuda:N")
     parser.add_argument("--run-dir", default=None,
                         help="where config.json, metrics.csv and checkpoints go (default runs/<command>-<time>)")
@@ -60,7 +62,8 @@ def _feature_cache(parser: argparse.ArgumentParser) -> None:
 
 
 def _linear_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--epochs", type=int, help="override the classifier's epochs (paper: 80); the lr drops keep their place in the run")
+    parser.add_argument("--epochs", type=int,
+                        help="override the classifier's epochs (paper: 80); the lr drops keep their place in the run")
     parser.add_argument("--lr", type=float, help="override the classifier's learning rate (paper: 2.0)")
     parser.add_argument("--batch-size", type=int, help="override the classifier's batch size (paper: 1024)")
     parser.add_argument("--standardize", action="store_true",
@@ -72,7 +75,8 @@ def _linear_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _finetune_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--epochs", type=int, help="override the epochs (default 100; tiny 30); the lr drop keeps its place in the run")
+    parser.add_argument("--epochs", type=int,
+                        help="override the epochs (default 100; tiny 30); the lr drop keeps its place in the run")
     parser.add_argument("--lr", type=float, help="override the learning rate (default 0.1; tiny 0.01)")
     parser.add_argument("--batch-size", type=int, help="override the batch size (default 128; tiny 32)")
     parser.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
@@ -125,8 +129,8 @@ def build_parser() -> argparse.ArgumentParser:
                             description="Pretrain SCD-Net's encoder with its four-term contrastive loss. "
                                         "Defaults are the paper's: batch 64, SGD lr 0.01, 451 epochs.")
     _common(p)
-    p.add_argument("--epochs", type=int, help="override the preset's epochs (paper: 451); the lr drop keeps its place in the run "
-                   "(epoch 351 of 451 becomes 78 of 100)")
+    p.add_argument("--epochs", type=int, help="override the preset's epochs (paper: 451); the lr drop keeps its "
+                   "place in the run (epoch 351 of 451 becomes 78 of 100)")
     p.add_argument("--batch-size", type=int, help="override the preset's batch size (paper: 64)")
     p.add_argument("--lr", type=float, help="override the preset's learning rate (paper: 0.01)")
     p.add_argument("--representation", choices=("joint", "motion", "bone"), default="joint",
@@ -238,7 +242,7 @@ def _run_pretrain(args: argparse.Namespace) -> None:
                         **_overrides(args, ("epochs", "batch_size", "lr", "seed", "checkpoint_steps", "keep_last",
                                             "log_every", "compile", "precision", "bn", "queue_init",
                                             "exclude_own_keys")))
-        data = args.data if args.data == "synthetic" else os.path.abspath(args.data)
+        data = args.data if is_synthetic(args.data) else os.path.abspath(args.data)
     device = resolve_device(args.device)
     train, _ = load_dataset(data, seed=config.seed)
     if not args.resume:  # the dataset fixes joints, bodies and layout
@@ -279,7 +283,7 @@ def _run_protocol(args: argparse.Namespace) -> None:
         options["cache_dir"] = args.feature_cache or default_cache_dir()
     device = resolve_device(args.device)
     run_protocol(ProtocolRequest(
-        protocol=command, data=args.data if args.data == "synthetic" else os.path.abspath(args.data),
+        protocol=command, data=args.data if is_synthetic(args.data) else os.path.abspath(args.data),
         run_dir=prepare_run_dir(args.run_dir, command), device=device, preset=args.preset,
         checkpoints=tuple(args.checkpoint or ()), random_init=getattr(args, "random_init", False),
         random_baseline=args.random_baseline, streams=args.streams, seed=args.seed, embedding=args.embedding,

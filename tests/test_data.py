@@ -130,3 +130,27 @@ def test_custom_layout_file(tmp_path):
     (tmp_path / "skeleton.json").write_text(json.dumps(layout))
     with pytest.raises(ScdError, match="flip must be a permutation"):
         load_dataset(str(tmp_path))
+
+
+@pytest.mark.parametrize("name", ["kinect20", "sbu15"])
+def test_synthetic_data_on_the_other_layouts_are_the_same_bodies(synthetic, name):
+    """The same bodies on another layout's joints: every joint is the NTU joint the layout maps
+    it to, and its bones keep their length (SBU's forearm and shin span the wrist and ankle
+    angles, hence the looser bound)."""
+    from scdfast.data.layouts import get_layout
+    from scdfast.data.synthetic import LAYOUT_JOINTS
+    layout = get_layout(name)
+    other = generate(240, seed=3, layout=layout)
+    assert other.layout == layout and other.data.shape == (240, 3, 300, layout.num_joints, 2)
+    np.testing.assert_array_equal(other.data, synthetic.data[:, :, :, list(LAYOUT_JOINTS[name])])
+    np.testing.assert_array_equal(other.labels, synthetic.labels)
+    x = other.data[0, :, : other.num_frames[0], :, 0]
+    lengths = np.stack([np.linalg.norm(x[:, :, c] - x[:, :, p], axis=0) for c, p in layout.edges])
+    assert (lengths.std(axis=1) < 0.05).all() and (lengths.mean(axis=1) > 0.02).all()
+    train, _ = load_dataset(f"synthetic:{name}")
+    assert train.layout == layout
+
+
+def test_synthetic_layout_names_are_checked():
+    with pytest.raises(ScdError, match="synthetic data come in ntu25, kinect20, sbu15"):
+        load_dataset("synthetic:hand5")

@@ -67,3 +67,4 @@ def test_custom_layout_trains_end_to_end(tmp_path, capsys):
     assert main(["knn", "--preset", "tiny", "--data", "synthetic", "--checkpoint", str(run), "--device", "cpu",
                  "--run-dir", str(tmp_path / "knn"), "--no-progress"]) == 2
     assert "layout arm6" in capsys.readouterr().err
+

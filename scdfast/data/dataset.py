@@ -15,7 +15,7 @@ import pickle
 import numpy as np
 
 from scdfast.data.layouts import BUILT_IN, NTU25, SkeletonLayout, get_layout
-from scdfast.data.synthetic import SkeletonSet, synthetic_splits
+from scdfast.data.synthetic import SkeletonSet, is_synthetic, synthetic_layout, synthetic_splits
 from scdfast.errors import ScdError
 
 SPLITS = ("train", "val")
@@ -112,8 +112,8 @@ def load_split(root: str, split: str, layout: SkeletonLayout = NTU25, num_bodies
 
 def load_dataset(source: str, seed: int = 0) -> tuple[SkeletonSet, SkeletonSet]:
     """(train, test) for `--data`: 'synthetic' or a dataset directory."""
-    if source == "synthetic":
-        return synthetic_splits(seed=seed)
+    if is_synthetic(source):
+        return synthetic_splits(seed=seed, layout=synthetic_layout(source))
     if not os.path.exists(source):
         raise ScdError(f"--data {source}: no such file or directory")
     if not os.path.isdir(source):

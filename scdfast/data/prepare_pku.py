@@ -70,7 +70,8 @@ def read_labels(path: str) -> list[tuple[int, int, int]]:
                 continue
             fields = [v.strip() for v in line.replace(",", " ").split()]
             if len(fields) < 3:
-                raise ScdError(f"{path}: line {number}: expected 'action, start, end, confidence', got {line.strip()!r}")
+                raise ScdError(f"{path}: line {number}: expected 'action, start, end, confidence', "
+                               f"got {line.strip()!r}")
             try:
                 action, start, end = (int(v) for v in fields[:3])
             except ValueError:

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from scdfast.data.layouts import NTU25, SkeletonLayout
+from scdfast.data.layouts import NTU25, SkeletonLayout, get_layout
+from scdfast.errors import ScdError
 
 NUM_CLASSES = 12
 CLASS_NAMES = (
@@ -219,11 +220,37 @@ def _place(body: np.ndarray, rng: np.random.Generator, offset_x: float) -> np.nd
     return out + rng.normal(0.0, 0.01, size=out.shape)
 
 
+# The bodies are posed on NTU's 25 joints; the other built-in layouts take the NTU joints at
+# their places: Kinect v1's shoulder centre is NTU's spine-at-shoulders (20), SBU's torso is
+# NTU's spine middle (1) and its hands NTU's hands (7, 11).
+LAYOUT_JOINTS = {
+    "ntu25": tuple(range(NUM_JOINTS)),
+    "kinect20": (0, 1, 20, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19),
+    "sbu15": (3, 2, 1, 4, 5, 7, 8, 9, 11, 12, 13, 15, 16, 17, 19),
+}
+
+
+def synthetic_layout(source: str) -> SkeletonLayout:
+    """The layout `--data synthetic` (ntu25) or `--data synthetic:NAME` asks for."""
+    name = source.partition(":")[2] or "ntu25"
+    if name not in LAYOUT_JOINTS:
+        raise ScdError(f"--data {source}: synthetic data come in {', '.join(LAYOUT_JOINTS)}")
+    return get_layout(name)
+
+
+def is_synthetic(source: str) -> bool:
+    return source == "synthetic" or source.startswith("synthetic:")
+
+
 def generate(num_samples: int, seed: int = 0, num_classes: int = NUM_CLASSES,
-             min_frames: int = 40, max_frames: int = MAX_FRAMES, two_body_fraction: float = 0.3) -> SkeletonSet:
-    """`num_samples` sequences with balanced labels, deterministic in `seed`."""
+             min_frames: int = 40, max_frames: int = MAX_FRAMES, two_body_fraction: float = 0.3,
+             layout: SkeletonLayout = NTU25) -> SkeletonSet:
+    """`num_samples` sequences with balanced labels, deterministic in `seed`, on a built-in
+    layout's joints (the same bodies whatever the layout)."""
     if not 1 <= num_classes <= NUM_CLASSES:
         raise ValueError(f"num_classes={num_classes}: the generator defines {NUM_CLASSES}")
+    if layout.name not in LAYOUT_JOINTS or get_layout(layout.name) != layout:
+        raise ScdError(f"layout {layout.name!r}: synthetic data come in {', '.join(LAYOUT_JOINTS)}")
     rng = np.random.default_rng(seed)
     labels = np.arange(num_samples) % num_classes
     rng.shuffle(labels)
@@ -236,12 +263,15 @@ def generate(num_samples: int, seed: int = 0, num_classes: int = NUM_CLASSES,
         data[i, :, :t, :, 0] = _place(_body(int(labels[i]), t, rng), rng, actor_x).transpose(2, 0, 1)
         if two:
             data[i, :, :t, :, 1] = _place(_body(-1, t, rng), rng, -actor_x + 0.5).transpose(2, 0, 1)
-    return SkeletonSet(data=data, num_frames=num_frames.astype(np.int64), labels=labels.astype(np.int64))
+    if layout.name != "ntu25":
+        data = np.ascontiguousarray(data[:, :, :, list(LAYOUT_JOINTS[layout.name])])
+    return SkeletonSet(data=data, num_frames=num_frames.astype(np.int64), labels=labels.astype(np.int64),
+                       layout=layout)
 
 
 def synthetic_splits(train_per_class: int = 80, test_per_class: int = 40, seed: int = 0,
-                     num_classes: int = NUM_CLASSES) -> tuple[SkeletonSet, SkeletonSet]:
+                     num_classes: int = NUM_CLASSES, layout: SkeletonLayout = NTU25) -> tuple[SkeletonSet, SkeletonSet]:
     """Train and test sets drawn with different seeds (no sample shared)."""
-    train = generate(train_per_class * num_classes, seed=2 * seed, num_classes=num_classes)
-    test = generate(test_per_class * num_classes, seed=2 * seed + 1, num_classes=num_classes)
+    train = generate(train_per_class * num_classes, seed=2 * seed, num_classes=num_classes, layout=layout)
+    test = generate(test_per_class * num_classes, seed=2 * seed + 1, num_classes=num_classes, layout=layout)
     return train, test

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 
+from scdfast.data.synthetic import is_synthetic
 from scdfast.errors import ScdError
 from scdfast.train.rundir import atomic_write, save_json
 
@@ -19,7 +20,7 @@ PROTOCOL_ORDER = list(PROTOCOL_NAMES)
 
 
 def dataset_name(data: str) -> str:
-    return "synthetic" if data == "synthetic" else os.path.basename(os.path.normpath(data))
+    return data if is_synthetic(data) else os.path.basename(os.path.normpath(data))
 
 
 def protocol_label(report: dict) -> str:
