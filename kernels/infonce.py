@@ -154,6 +154,7 @@ def _scd_shared_queue_terms(qt_ptr, qs_ptr, k_ptr, c_ptr, qid_ptr, cid_ptr, loss
     lt = tl.full([qt.shape[0]], 1.0, tl.float32)
     ls = lt
     acc_t, acc_s = k, k
+    # ids only: no excluded columns, so the exclusion arguments below are placeholders never read
     _, _, row_ids = _row_masks(qid_ptr, qid_ptr, rows, rows < N, N, BLOCK_N, False, HAS_IDS)
     for start in range(0, K, BLOCK_K):
         cols = start + tl.arange(0, BLOCK_K)

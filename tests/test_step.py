@@ -110,7 +110,7 @@ def test_own_keys_are_labelled_and_left_out_of_the_negatives(monkeypatch):
     view = lambda: torch.randn(8, 3, config.window, 25, 2)  # noqa: E731
     step.enqueue_keys(view(), torch.arange(8))
     step.enqueue_keys(view(), torch.arange(8, 16))
-    assert torch.equal(step.queue_ids, torch.arange(16))
+    assert torch.equal(model.queue_ids, torch.arange(16))
     seen = {}
     real = step_module.scd_loss
 
@@ -121,6 +121,6 @@ def test_own_keys_are_labelled_and_left_out_of_the_negatives(monkeypatch):
     ids = torch.tensor([3, 20, 21, 22, 23, 24, 25, 9])
     step(view(), view(), ids=ids)
     assert torch.equal(seen["query_ids"], ids) and torch.equal(seen["queue_ids"], torch.arange(16))
-    assert torch.equal(step.queue_ids, torch.cat([ids, torch.arange(8, 16)])), "ids follow the keys' rows"
+    assert torch.equal(model.queue_ids, torch.cat([ids, torch.arange(8, 16)])), "ids follow the keys' rows"
     with pytest.raises(ScdError, match="query_ids is required"):
         step(view(), view())

@@ -28,6 +28,9 @@ class SCDNet(nn.Module):
             queue = F.normalize(torch.randn(config.queue_size, config.proj_dim), dim=1)
             self.register_buffer(f"{name}_queue", queue)                               # K, D
             self.register_buffer(f"{name}_queue_ptr", torch.zeros(1, dtype=torch.long))
+        # The sample of each queue row, -1 where unknown (one row of each queue holds one
+        # sample's keys). Not in the state dict, which stays the authors' layout.
+        self.register_buffer("queue_ids", torch.full((config.queue_size,), -1, dtype=torch.long), persistent=False)
 
     @property
     def queues(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -53,8 +56,9 @@ class SCDNet(nn.Module):
         return tuple(F.normalize(z, dim=1) for z in self.query_encoder(x))
 
     @torch.no_grad()
-    def enqueue(self, keys: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> None:
-        """Write the batch's keys at each queue's pointer and advance it, on the device."""
+    def enqueue(self, keys: tuple[torch.Tensor, torch.Tensor, torch.Tensor], ids: torch.Tensor | None = None) -> None:
+        """Write the batch's keys at each queue's pointer and advance it, on the device; with
+        `ids` (N,), their samples into `queue_ids` (give ids with every enqueue or with none)."""
         for name, k in zip(QUEUE_NAMES, keys):
             queue = getattr(self, f"{name}_queue")
             ptr = getattr(self, f"{name}_queue_ptr")
@@ -62,3 +66,5 @@ class SCDNet(nn.Module):
             rows = (ptr + torch.arange(n, device=ptr.device)) % size                    # N
             queue.index_copy_(0, rows, k.to(queue.dtype))
             ptr.add_(n).remainder_(size)
+        if ids is not None:  # the pointers move together: the last queue's rows are every queue's
+            self.queue_ids.index_copy_(0, rows, ids.to(self.queue_ids.device))

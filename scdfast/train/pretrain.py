@@ -33,7 +33,7 @@ from scdfast.train.plots import plot_curves
 from scdfast.train.rundir import MetricsCSV, atomic_write, save_json
 from scdfast.train.signals import Interrupted, StopSignals
 from scdfast.train.step import PretrainStep
-from scdfast.train.views import ViewSource, epoch_order, queue_fill_batches, sample_ids
+from scdfast.train.views import ViewSource, epoch_order, queue_fill_batches
 
 CHECKPOINT_FORMAT = "scdfast-pretrain-v1"
 METRIC_FIELDS = ["epoch", "step", "loss", "lr", "samples_per_s", "data_s", "compute_s"]
@@ -134,7 +134,7 @@ def _fill_queues(run_step: PretrainStep, views: ViewSource, model_config: SCDCon
     batches = queue_fill_batches(config.seed, num_samples, config.batch_size, count)
     for i, index in enumerate(tqdm(batches, desc="filling queues", unit="batch", disable=not progress)):
         _, key_view = views(index, -(i + 1), shard)
-        run_step.enqueue_keys(key_view, sample_ids(index, key_view.device, shard))
+        run_step.enqueue_keys(key_view, views.samples(index, shard) if config.exclude_own_keys else None)
 
 
 def pretrain(model_config: SCDConfig, config: PretrainConfig, train: SkeletonSet, run_dir: str,
@@ -164,8 +164,8 @@ def pretrain(model_config: SCDConfig, config: PretrainConfig, train: SkeletonSet
     step, best = 0, math.inf
     if resume is not None:
         model.load_state_dict(resume["model"])
-        if run_step.queue_ids is not None and resume.get("queue_ids") is not None:
-            run_step.queue_ids.copy_(resume["queue_ids"])
+        if resume.get("queue_ids") is not None:
+            model.queue_ids.copy_(resume["queue_ids"])
         optimizer.load_state_dict(resume["optimizer"])
         restore_random_states(resume["random"])
         if resume.get("reference_rng") is not None and config.augment == "reference":
@@ -189,7 +189,7 @@ def pretrain(model_config: SCDConfig, config: PretrainConfig, train: SkeletonSet
                 "pretrain_config": to_dict(config), "data": data, "epoch": step // steps_per_epoch,
                 "step": step, "model": model.state_dict(), "optimizer": optimizer.state_dict(), "random": random_states(),
                 "reference_rng": views.rng.bit_generator.state if config.augment == "reference" else None,
-                "best_loss": best, "epoch_loss": epoch_loss, "queue_ids": run_step.queue_ids}
+                "best_loss": best, "epoch_loss": epoch_loss, "queue_ids": model.queue_ids}
 
     first_step, data_total, compute_total = step, 0.0, 0.0
     timer, flops_per_step = PhaseTimer(device), None
@@ -213,7 +213,7 @@ def pretrain(model_config: SCDConfig, config: PretrainConfig, train: SkeletonSet
                     t0 = time.perf_counter()
                     batch = order[b * config.batch_size:(b + 1) * config.batch_size]
                     q_view, k_view = views(batch, step, shard)
-                    ids = sample_ids(batch, q_view.device, shard) if config.exclude_own_keys else None
+                    ids = views.samples(batch, shard) if config.exclude_own_keys else None
                     t1 = time.perf_counter()
                     if flops_per_step is None:
                         flops_per_step = step_flops(model, q_view, k_view)

@@ -68,9 +68,7 @@ class PretrainStep:
         self.device = device
         # shuffle-BN draws its permutation from a generator in step on every rank
         self.shuffle_generator = torch.Generator().manual_seed(seed)
-        # the sample id of every queue row (-1: none), when a query's own keys are no negatives
-        self.queue_ids = (torch.full((model.config.queue_size,), -1, dtype=torch.long, device=device)
-                          if exclude_own_keys else None)
+        self.exclude_own_keys = exclude_own_keys  # label keys with their samples, mask a query's own
 
     def _autocast(self):
         if self.precision == "bf16":
@@ -89,17 +87,15 @@ class PretrainStep:
 
     @torch.no_grad()
     def _enqueue(self, keys: tuple, ids: torch.Tensor | None) -> None:
-        """Keys (and their sample ids) of every rank, written at the queues' pointer."""
+        """Keys (and, with exclude_own_keys, their samples) of every rank into the queues."""
+        if not self.exclude_own_keys:
+            ids = None
+        elif ids is None:
+            raise ScdError("exclude_own_keys needs each batch's sample ids")
         if self.distributed is not None:
             keys = tuple(self.distributed.gather(k) for k in keys)
             ids = self.distributed.gather(ids) if ids is not None else None
-        if self.queue_ids is not None:
-            if ids is None:
-                raise ScdError("exclude_own_keys needs each batch's sample ids")
-            ptr = self.model.instance_queue_ptr  # the three pointers move together
-            rows = (ptr + torch.arange(ids.shape[0], device=ptr.device)) % self.queue_ids.shape[0]
-            self.queue_ids.index_copy_(0, rows, ids.to(self.queue_ids.device))
-        self.model.enqueue(keys)
+        self.model.enqueue(keys, ids)
 
     def __call__(self, query_view: torch.Tensor, key_view: torch.Tensor, timer: PhaseTimer | None = None,
                  ids: torch.Tensor | None = None) -> torch.Tensor:
@@ -117,9 +113,9 @@ class PretrainStep:
         with self._autocast():
             projections = self.query(query_view)
         queries = tuple(F.normalize(z.float(), dim=1) for z in projections)
-        masked = self.queue_ids is not None
+        masked = self.exclude_own_keys
         loss = scd_loss(queries, keys, model.queues, model.config.temperature, check_finite=False,
-                        query_ids=ids if masked else None, queue_ids=self.queue_ids if masked else None)
+                        query_ids=ids if masked else None, queue_ids=model.queue_ids if masked else None)
         self.optimizer.zero_grad(set_to_none=True)
         if timer is not None:
             timer.mark("forward")

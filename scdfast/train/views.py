@@ -40,10 +40,9 @@ class ViewSource:
     def __call__(self, batch_index: np.ndarray, step: int,
                  shard: tuple[int, int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Views of the global batch `batch_index`, or of its samples [lo, hi) for one rank;
-        a rank's views draw the random streams they have in the single-process batch."""
-        everything = np.sort(batch_index)  # sorted reads are kinder to a memory-mapped array
-        lo, hi = shard or (0, len(everything))
-        index = everything[lo:hi]
+        a rank's views draw the random streams they have in the single-process batch. The
+        views follow `self.samples(batch_index, shard)`, not `batch_index`'s order."""
+        index, lo, hi, total = _share(batch_index, shard)
         if self.config.augment == "reference":
             q, k = reference_views(self.train, index, self.rng, self.model_config, self.config)
             return (torch.from_numpy(q).to(self.device, non_blocking=True),
@@ -55,17 +54,23 @@ class ViewSource:
         if shard is not None:  # made where the kernel runs: no copy beyond the indices
             where = batch.index.device if isinstance(batch.index, torch.Tensor) else None
             positions = torch.arange(lo, hi, device=where)
-            view_ids = torch.cat([positions, positions + len(everything)])
+            view_ids = torch.cat([positions, positions + total])
         views = self.augmenter(batch.data, batch.num_frames, both, step, validate=False, view_ids=view_ids)
         return views[: len(index)], views[len(index):]  # on self.device: where ResidentData put the batch
 
+    def samples(self, batch_index: np.ndarray, shard: tuple[int, int] | None = None) -> torch.Tensor:
+        """The sample of each view `self(batch_index, step, shard)` makes, in its order, on the
+        device: what the queued keys are labelled with."""
+        index = _share(batch_index, shard)[0]
+        return torch.from_numpy(index.astype(np.int64)).to(self.device, non_blocking=True)
 
-def sample_ids(batch_index: np.ndarray, device: torch.device, shard: tuple[int, int] | None = None) -> torch.Tensor:
-    """The sample index of each view `ViewSource` makes for `batch_index` (sorted, this rank's
-    share), on the device: what a queued key is labelled with."""
+
+def _share(batch_index: np.ndarray, shard: tuple[int, int] | None) -> tuple[np.ndarray, int, int, int]:
+    """(this rank's samples, lo, hi, global batch size): the global batch sorted (kinder to a
+    memory-mapped array), then its [lo, hi) for the rank."""
     everything = np.sort(batch_index)
     lo, hi = shard or (0, len(everything))
-    return torch.from_numpy(everything[lo:hi].astype(np.int64)).to(device, non_blocking=True)
+    return everything[lo:hi], lo, hi, len(everything)
 
 
 def epoch_order(seed: int, epoch: int, num_samples: int) -> np.ndarray:
