@@ -34,8 +34,8 @@ DATASETS = {
 TRANSFERS = (("nw_ucla", "msr_action3d"), ("nw_ucla", "utd_mhad"))
 # protocol run name: (command, options); every one also evaluates the random-init baseline
 PROTOCOLS = {
-    "linear": ("linear", []),
-    "linear-standardized": ("linear", ["--standardize", "--lr", "0.1"]),
+    "linear": ("linear", ["--no-standardize"]),
+    "linear-standardized": ("linear", ["--standardize"]),
     "knn": ("knn", ["--k", "1"]),
     "semi10": ("semi", ["--labels", "10%"]),
     "finetune": ("finetune", []),
@@ -146,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
             run = os.path.join(out, "transfer", f"{source}-to-{target}")
             ok = _step(f"transfer {source} -> {target}", os.path.isfile(os.path.join(run, "results.json")), budget,
                        ["transfer", "--preset", "tiny", "--data", os.path.join(out, "data", target), "--checkpoint",
-                        os.path.join(out, "pretrain", source), "--random-baseline", "--standardize", "--lr", "0.1",
+                        os.path.join(out, "pretrain", source), "--random-baseline", "--standardize",
                         "--run-dir", run, *cache, *common])
     reports = [read_report(run) for run in _protocol_runs(out)]
     table = merge_tables(reports) if reports else "(no results yet)\n"

@@ -64,11 +64,15 @@ def _feature_cache(parser: argparse.ArgumentParser) -> None:
 def _linear_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--epochs", type=int,
                         help="override the classifier's epochs (paper: 80); the lr drops keep their place in the run")
-    parser.add_argument("--lr", type=float, help="override the classifier's learning rate (paper: 2.0)")
+    parser.add_argument("--lr", type=float,
+                        help="override the classifier's learning rate (default 2.0 on raw features, the authors'; "
+                             "0.1 on standardized ones)")
     parser.add_argument("--batch-size", type=int, help="override the classifier's batch size (paper: 1024)")
-    parser.add_argument("--standardize", action="store_true",
+    parser.add_argument("--standardize", action=argparse.BooleanOptionalAction, default=None,
                         help="z-score features with the training set's statistics before the classifier (a frozen "
-                             "BatchNorm; not in the authors' protocol); a learning rate near 0.1 suits it")
+                             "BatchNorm, as MAE's linear probe). Default: on with --preset tiny, whose short "
+                             "pretraining leaves nearly constant raw features; off with --preset paper and "
+                             "--exact-protocol (the authors' protocol, raw features)")
     parser.add_argument("--exact-protocol", action="store_true",
                         help="run the frozen encoder on every batch of every epoch, as the authors' script does, "
                              "instead of training on cached features (same result, far slower)")
@@ -271,7 +275,10 @@ def _run_protocol(args: argparse.Namespace) -> None:
     command, options = args.command, {}
     schedule = _overrides(args, ("epochs", "lr", "batch_size", "seed"))
     if command in ("linear", "transfer"):
-        options.update(linear=preset(args.preset, LinearConfig, standardize=args.standardize, **schedule),
+        # --standardize / --no-standardize, or the preset's choice; the authors' exact protocol is raw
+        chosen = False if args.exact_protocol and args.standardize is None else args.standardize
+        standardize = {} if chosen is None else {"standardize": chosen}
+        options.update(linear=preset(args.preset, LinearConfig, **standardize, **schedule),
                        exact=args.exact_protocol)
     if command in ("semi", "finetune"):
         options.update(finetune=preset(args.preset, FinetuneConfig, **schedule), precision=args.precision)

@@ -60,7 +60,7 @@ def test_custom_layout_trains_end_to_end(tmp_path, capsys):
                  "--device", "cpu", "--run-dir", str(run), "--no-progress"]) == 0
     assert main(["linear", "--preset", "tiny", "--data", str(data), "--checkpoint", str(run), "--epochs", "2",
                  "--device", "cpu", "--run-dir", str(tmp_path / "lin"), "--no-progress"]) == 0
-    assert "linear evaluation, pretrained" in capsys.readouterr().out
+    assert "linear evaluation (standardized), pretrained" in capsys.readouterr().out  # the tiny protocol
     config = json.loads((run / "config.json").read_text())["model"]
     assert config["layout"]["name"] == "arm6" and config["num_joints"] == 6
     # the same checkpoint on data of another layout: refused by name

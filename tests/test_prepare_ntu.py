@@ -168,4 +168,4 @@ def test_prepared_ntu_pretrains_and_evaluates_end_to_end(tmp_path, capsys):
                  "--device", "cpu", "--run-dir", str(run), "--no-progress"]) == 0
     assert main(["linear", "--preset", "tiny", "--data", str(out), "--checkpoint", str(run), "--epochs", "2",
                  "--device", "cpu", "--run-dir", str(tmp_path / "linear"), "--no-progress"]) == 0
-    assert "linear evaluation, pretrained, joint: top-1" in capsys.readouterr().out
+    assert "linear evaluation (standardized), pretrained, joint: top-1" in capsys.readouterr().out

@@ -8,7 +8,7 @@ from functools import partial
 import numpy as np
 from tqdm.auto import tqdm
 
-from scdfast.data.layouts import SkeletonLayout
+from scdfast.data.layouts import SkeletonLayout, centred
 from scdfast.data.writer import DatasetWriter
 from scdfast.errors import ScdError
 
@@ -59,9 +59,3 @@ def write_sequences(out: str, layout: SkeletonLayout, splits: dict, skipped: lis
         if skipped:
             writer.write_text("skipped.txt", "\n".join(skipped) + "\n")
     return {"train": len(splits["train"]), "val": len(splits["val"]), "skipped": len(skipped), "frames": frames}
-
-
-def centred(seq: np.ndarray, layout: SkeletonLayout) -> np.ndarray:
-    """(T, M, V, 3) minus the centre joint of body 0 in frame 0; absent (all-zero) bodies stay zero."""
-    present = np.abs(seq).sum(axis=(2, 3), keepdims=True) > 0                        # T, M, 1, 1
-    return np.where(present, seq - seq[0, 0, layout.center], 0.0).astype(np.float32)

@@ -146,3 +146,9 @@ def get_layout(spec: str | dict | SkeletonLayout) -> SkeletonLayout:
             raise ScdError(f"{spec}: a layout file holds a JSON object")
         return SkeletonLayout.from_dict(values, spec)
     raise ScdError(f"skeleton layout {spec!r}: not one of {', '.join(BUILT_IN)} and no such file")
+
+
+def centred(seq: np.ndarray, layout: SkeletonLayout) -> np.ndarray:
+    """(T, M, V, 3) minus the centre joint of body 0 in frame 0; absent (all-zero) bodies stay zero."""
+    present = np.abs(seq).sum(axis=(2, 3), keepdims=True) > 0                        # T, M, 1, 1
+    return np.where(present, seq - seq[0, 0, layout.center], 0.0).astype(np.float32)

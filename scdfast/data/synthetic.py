@@ -13,10 +13,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from scdfast.data.layouts import NTU25, SkeletonLayout, get_layout
+from scdfast.data.layouts import NTU25, SkeletonLayout, centred, get_layout
 from scdfast.errors import ScdError
 
 NUM_CLASSES = 12
+GENERATOR_VERSION = 2
+"""Bumped whenever the generated arrays change, so that features cached for the old ones are not reused."""
 CLASS_NAMES = (
     "wave right hand", "wave left hand", "punch right", "kick right",
     "bow (slow down, quick up)", "bow (quick down, slow up)",
@@ -263,6 +265,9 @@ def generate(num_samples: int, seed: int = 0, num_classes: int = NUM_CLASSES,
         data[i, :, :t, :, 0] = _place(_body(int(labels[i]), t, rng), rng, actor_x).transpose(2, 0, 1)
         if two:
             data[i, :, :t, :, 1] = _place(_body(-1, t, rng), rng, -actor_x + 0.5).transpose(2, 0, 1)
+        # Start at the origin, as every importer writes its sequences: the augmentations rotate
+        # and shear about the origin, so a body left 3 m away would be swung across the room.
+        data[i, :, :t] = centred(data[i, :, :t].transpose(1, 3, 2, 0), NTU25).transpose(3, 0, 2, 1)
     if layout.name != "ntu25":
         data = np.ascontiguousarray(data[:, :, :, list(LAYOUT_JOINTS[layout.name])])
     return SkeletonSet(data=data, num_frames=num_frames.astype(np.int64), labels=labels.astype(np.int64),

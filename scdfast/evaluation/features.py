@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 
 from scdfast.augment import eval_views
 from scdfast.data import SkeletonSet
-from scdfast.data.synthetic import is_synthetic
+from scdfast.data.synthetic import GENERATOR_VERSION, is_synthetic
 from scdfast.models import DownstreamEncoder
 from scdfast.train.rundir import atomic_write
 
@@ -52,7 +52,7 @@ def extract_features(encoder: DownstreamEncoder, data: SkeletonSet, window: int,
 def dataset_identity(source: str, split: str) -> str:
     """What names a split's content: the built-in generator, or the array file and its version."""
     if is_synthetic(source):
-        return f"{source}:{split}"
+        return f"{source}:{split}:generator-{GENERATOR_VERSION}"
     path = os.path.join(source, f"{split}_data_joint.npy")
     stat = os.stat(path)
     return f"{os.path.realpath(path)}:{stat.st_size}:{stat.st_mtime_ns}"

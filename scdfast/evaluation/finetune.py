@@ -16,6 +16,7 @@ from scdfast.augment.batched import BatchAugmenter
 from scdfast.config import FinetuneConfig, step_lr
 from scdfast.data import SkeletonSet
 from scdfast.data.resident import ResidentData
+from scdfast.errors import ScdError
 from scdfast.evaluation.encoders import EncoderSource
 from scdfast.evaluation.features import eval_batch
 from scdfast.evaluation.metrics import topk_accuracy
@@ -84,6 +85,9 @@ def finetune(source: EncoderSource, train: SkeletonSet, test: SkeletonSet, confi
             optimizer.step()
             step += 1
         if (epoch + 1) % config.eval_every == 0 or epoch + 1 == config.epochs:
+            if not torch.isfinite(loss):  # read back only here, where the bar reads it anyway
+                raise ScdError(f"fine-tuning diverged: the loss is {loss.item()} in epoch {epoch + 1}; "
+                               f"lower --lr (now {config.lr})")
             logits, features = _test(model, test, window, stream, device, autocast)
             best = max(best, topk_accuracy(logits, test_y, 1))
             bar.set_postfix(loss=f"{loss.item():.3f}", top1=f"{topk_accuracy(logits, test_y, 1):.1f}")

@@ -74,7 +74,7 @@ def linear_probe_exact(encoder: DownstreamEncoder, train: SkeletonSet, test: Ske
                        progress: bool = False, test_batch: int = 256) -> LinearResult:
     """The authors' protocol: the frozen encoder (eval mode) recomputes every batch's features."""
     if config.standardize:
-        raise ScdError("--standardize needs the cached features (drop --exact-protocol)")
+        raise ScdError("--standardize needs the cached features (drop --exact-protocol, or add --no-standardize)")
     encoder.eval().to(device)
 
     @torch.no_grad()
