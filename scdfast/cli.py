@@ -61,6 +61,11 @@ def _feature_cache(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-feature-cache", action="store_true", help="always recompute features")
 
 
+def _data_source(data: str) -> str:
+    """--data as run directories record it: a synthetic name as given, a directory absolute."""
+    return data if is_synthetic(data) else os.path.abspath(data)
+
+
 def _linear_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--epochs", type=int,
                         help="override the classifier's epochs (paper: 80); the lr drops keep their place in the run")
@@ -246,7 +251,7 @@ def _run_pretrain(args: argparse.Namespace) -> None:
                         **_overrides(args, ("epochs", "batch_size", "lr", "seed", "checkpoint_steps", "keep_last",
                                             "log_every", "compile", "precision", "bn", "queue_init",
                                             "exclude_own_keys")))
-        data = args.data if is_synthetic(args.data) else os.path.abspath(args.data)
+        data = _data_source(args.data)
     device = resolve_device(args.device)
     train, _ = load_dataset(data, seed=config.seed)
     if not args.resume:  # the dataset fixes joints, bodies and layout
@@ -290,7 +295,7 @@ def _run_protocol(args: argparse.Namespace) -> None:
         options["cache_dir"] = args.feature_cache or default_cache_dir()
     device = resolve_device(args.device)
     run_protocol(ProtocolRequest(
-        protocol=command, data=args.data if is_synthetic(args.data) else os.path.abspath(args.data),
+        protocol=command, data=_data_source(args.data),
         run_dir=prepare_run_dir(args.run_dir, command), device=device, preset=args.preset,
         checkpoints=tuple(args.checkpoint or ()), random_init=getattr(args, "random_init", False),
         random_baseline=args.random_baseline, streams=args.streams, seed=args.seed, embedding=args.embedding,

@@ -48,10 +48,10 @@ def _nearest_centroid_accuracy(features, labels):
 
 def test_no_single_static_statistic_gives_the_class_away():
     s = generate(960, seed=5)
-    root = s.data[:, :, 0, 0, 0]                                                  # first-frame hip, N x 3
+    root = s.data[:, :, 0, 0, 0]                   # first-frame hip (relative to the spine at the origin), N x 3
     bodies = (np.abs(s.data[:, :, :, :, 1]).sum(axis=(1, 2, 3)) > 0).astype(float)
     for name, feature in (("length", s.num_frames[:, None].astype(float)), ("bodies", bodies[:, None]),
-                          ("position", root)):
+                          ("first-frame hip", root)):
         acc = _nearest_centroid_accuracy(feature, s.labels)
         assert acc < 2.5 / NUM_CLASSES, f"{name} predicts the class at {acc:.2f}"
 

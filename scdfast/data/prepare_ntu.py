@@ -27,7 +27,7 @@ import numpy as np
 
 from scdfast.data.importer import read_each
 from scdfast.data.layouts import NTU25
-from scdfast.data.text_numbers import POWERS, is_blank, parse_at
+from scdfast.data.text_numbers import POWERS, all_numeric, is_blank, parse_at
 from scdfast.data.writer import DatasetWriter
 from scdfast.errors import ScdError
 
@@ -190,7 +190,7 @@ def _read_lines(path: str, lines: list[str]) -> np.ndarray:
             try:
                 values = np.array(" ".join(block).split(), dtype=np.float64)
             except ValueError:
-                bad = next(i for i, line in enumerate(block) if not _numeric(line))
+                bad = next(i for i, line in enumerate(block) if not all_numeric(line))
                 raise ScdError(f"{path}: line {first + bad + 1}: non-numeric value in {block[bad].strip()!r}") from None
             if values.size != JOINTS * 12:
                 bad = next(i for i, line in enumerate(block) if len(line.split()) != 12)
@@ -201,14 +201,6 @@ def _read_lines(path: str, lines: list[str]) -> np.ndarray:
     if any(line.strip() for line in lines[at:]):
         raise ScdError(f"{path}: line {at + 1}: content after the {frames} frames the header announces")
     return xyz
-
-
-def _numeric(line: str) -> bool:
-    try:
-        [float(v) for v in line.split()]
-        return True
-    except ValueError:
-        return False
 
 
 # ---- body selection and normalisation -------------------------------------------------------

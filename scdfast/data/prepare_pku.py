@@ -23,7 +23,7 @@ import numpy as np
 from scdfast.data.importer import read_each
 from scdfast.data.layouts import NTU25
 from scdfast.data.prepare_ntu import JOINTS, MAX_BODIES, MAX_FRAMES, normalise, select_bodies
-from scdfast.data.text_numbers import parse_numbers
+from scdfast.data.text_numbers import all_numeric, parse_numbers
 from scdfast.data.writer import DatasetWriter
 from scdfast.errors import ScdError
 
@@ -98,10 +98,8 @@ def read_skeleton(path: str) -> np.ndarray:
             if len(tokens) != _VALUES:
                 raise ScdError(f"{path}: line {number}: expected {_VALUES} values (2 persons x 25 joints x 3), "
                                f"got {len(tokens)}")
-            try:
-                [float(t) for t in tokens]
-            except ValueError:
-                raise ScdError(f"{path}: line {number}: non-numeric value") from None
+            if not all_numeric(line):
+                raise ScdError(f"{path}: line {number}: non-numeric value")
         values = np.array(text.split(), dtype=np.float64)
     if not lines:
         raise ScdError(f"{path}: zero frames")

@@ -6,6 +6,8 @@ offset). Each class is a distinct trajectory shape; every sample draws its own b
 proportions, tempo, phase, amplitude, viewing angle, position, length, body count and
 sensor noise. Four classes come in time-reversed pairs (slow down / fast up versus fast
 down / slow up), whose single frames are distributed alike: only motion tells them apart.
+Each sequence is then translated to start at the origin (body 0's spine, frame 0), as every
+importer writes its sequences; the drawn position survives only as the second body's place.
 """
 from __future__ import annotations
 

@@ -98,3 +98,13 @@ def parse_numbers(text: str) -> np.ndarray | None:
     out = np.empty(buf.shape[0] // 2 + 1)
     n = _parse(buf, out, POWERS)
     return None if n < 0 else out[:n]
+
+
+def all_numeric(line: str) -> bool:
+    """Whether every whitespace-separated token of `line` reads as a float (the slow paths'
+    check, which finds the line to name in an error)."""
+    try:
+        [float(v) for v in line.split()]
+        return True
+    except ValueError:
+        return False
