@@ -10,7 +10,7 @@ from conftest import SHARED_DATA
 
 from scdfast.cli import main
 from scdfast.data import load_dataset
-from scdfast.data.prepare_ntu import missing_skeletons, prepare_ntu, read_skeleton
+from scdfast.data.prepare_ntu import missing_skeletons, normalise, prepare_ntu, read_skeleton, select_bodies
 from scdfast.errors import ScdError
 
 RAW = SHARED_DATA / "ntu_rgbd_samples" / "skeleton"
@@ -100,6 +100,33 @@ def test_parsing_equals_the_parsed_release():
     xyz = read_skeleton(str(RAW / "S001C001P001R001A001.skeleton"))
     np.testing.assert_array_equal(xyz[0], parsed["skel_body0"])
     assert not xyz[1:].any()
+
+
+@pytest.mark.parametrize("case", ["late start", "gaps", "untracked joints", "one body", "long", "empty"])
+def test_padding_and_alignment_equal_the_straightforward_version_on_edge_cases(case):
+    """Cases the recorded files may not hold: a body that appears after frame 0, empty frames
+    inside a sequence, untracked (zero) joints, an absent second body, more than 300 frames."""
+    rng = np.random.default_rng(len(case))
+    frames = 340 if case == "long" else 57
+    data = rng.normal(size=(4, frames, 25, 3))
+    data[2:] = 0
+    if case == "late start":
+        data[0, :5] = 0
+        data[1, :11] = 0
+        data[1, 40:] = 0
+    if case == "gaps":
+        data[0, [3, 17, 18, 30]] = 0
+        data[1, 50:] = 0
+    if case == "untracked joints":
+        data[0, 0, [0, 4]] = 0  # also in the frame the alignment reads
+        data[0, 2:9, 1] = 0
+        data[1, :, 7] = 0
+    if case == "one body":
+        data[1] = 0
+    if case == "empty":
+        data[:] = 0
+    want = normalise_slowly(select_slowly(data))
+    np.testing.assert_allclose(normalise(select_bodies(data)), want, atol=1e-5)
 
 
 @pytest.mark.parametrize("protocol", ["xsub", "xview"])

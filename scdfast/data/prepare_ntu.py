@@ -64,7 +64,7 @@ def read_skeleton(path: str) -> np.ndarray:
     read again line by line in Python, which names the line at fault."""
     with open(path, "rb") as f:
         raw = f.read()
-    buf = np.frombuffer(raw, dtype=np.uint8)
+    buf = np.frombuffer(raw + b"\n", dtype=np.uint8)  # a final newline: every line scan stops there
     frames = _frame_count(buf, POWERS)
     xyz = None
     if frames > 0:
@@ -115,6 +115,28 @@ def _integer_line(buf, i, powers):
 
 
 @numba.njit(cache=True)
+def _joint_line_rest(buf, i):
+    """After a joint line's x, y, z: its nine other values, each after blanks, then blanks and
+    the line's end. The index of the next line, -1 where the line is off. Token by token
+    instead of `_line_end`'s byte by byte with bounds checks: the buffer ends in a newline,
+    whose class (0) stops every loop."""
+    for _ in range(9):
+        if _BYTE_CLASS[buf[i]] != 2:
+            return -1
+        i += 1
+        while _BYTE_CLASS[buf[i]] == 2:
+            i += 1
+        if _BYTE_CLASS[buf[i]] != 1:
+            return -1
+        i += 1
+        while _BYTE_CLASS[buf[i]] == 1:
+            i += 1
+    while _BYTE_CLASS[buf[i]] == 2:
+        i += 1
+    return i + 1 if buf[i] == 10 else -1
+
+
+@numba.njit(cache=True)
 def _frame_count(buf, powers):
     count, at = _integer_line(buf, 0, powers)
     return count if at > 0 else -1
@@ -146,8 +168,8 @@ def _walk(buf, powers, xyz):
                         return False
                     if m < xyz.shape[0]:
                         xyz[m, t, j, c] = value
-                rest, at = _line_end(buf, at)
-                if at < 0 or rest != 9:
+                at = _joint_line_rest(buf, at)
+                if at < 0:
                     return False
     while at < buf.shape[0]:  # nothing but blanks after the last frame
         if not is_blank(buf[at]):
@@ -252,86 +274,80 @@ def _rotation(v, target):
 
 
 @numba.njit(cache=True)
-def _frame_sums(person, sums):
-    for t in range(person.shape[0]):
+def _padded_frames(person, src):
+    """src[t]: the frame of `person` (T <= MAX_FRAMES, 25, 3) that padded frame t shows, -1
+    for an empty one. A body whose first frame is empty has its non-empty frames moved to
+    the front; the empty tail after its last frame repeats its frames from the start."""
+    frames = person.shape[0]
+    filled = 0
+    for t in range(frames):
         total = 0.0
         for j in range(person.shape[1]):
             total += person[t, j, 0] + person[t, j, 1] + person[t, j, 2]
-        sums[t] = total
-
-
-@numba.njit(cache=True)
-def _pad(person, sums):
-    """A body whose first frame is empty has its non-empty frames moved to the front; the empty
-    tail after its last frame is filled by repeating its frames from the start."""
-    frames = person.shape[0]
-    _frame_sums(person, sums)
-    if sums[0] == 0:
-        kept = 0
-        for t in range(frames):
-            if sums[t] != 0:
-                person[kept] = person[t]
-                kept += 1
-        person[kept:] = 0
-        _frame_sums(person, sums)
-    for i in range(1, frames):
-        if sums[i] == 0 and person[i:].sum() == 0:
-            for t in range(i, frames):
-                person[t] = person[(t - i) % i]
-            return
+        if total != 0:
+            src[filled] = t
+            filled += 1
+    if filled == 0:
+        src[:] = -1
+        return
+    if src[0] == 0:  # the first frame holds the body: frames keep their places, empty ones too
+        filled = src[filled - 1] + 1
+        for t in range(filled):
+            src[t] = t
+    for t in range(filled, src.shape[0]):
+        src[t] = src[(t - filled) % filled]
 
 
 @numba.njit(cache=True)
 def _normalise(bodies, out):
-    s = out
+    """bodies (2, T, 25, 3) float64 -> out (3, MAX_FRAMES, 25, 2) float32 in one pass over the
+    output: each padded frame is looked up, centred and rotated by both alignments at once
+    (centring subtracts the same point from both joints of a bone, and the second rotation's
+    vector is the first one's image, so the product of the two is what rotating twice gives)."""
     t_in = min(bodies.shape[1], MAX_FRAMES)
-    s[:, :t_in] = bodies[:, :t_in]
-    if s.sum() == 0:
-        return
-    sums = np.empty(MAX_FRAMES)
-    present = np.zeros(MAX_BODIES, dtype=np.bool_)
-    for m in range(MAX_BODIES):                                                  # pad
-        present[m] = s[m].sum() != 0
-        if present[m]:
-            _pad(s[m], sums)
-    centre = s[0, :, 1].copy()                                                   # T, 3: joint 1 of body 0
-    for m in range(MAX_BODIES):                                                  # centre; zeros stay zero
-        if not present[m]:
-            continue
+    src = np.empty((MAX_BODIES, MAX_FRAMES), dtype=np.int64)
+    for m in range(MAX_BODIES):
+        _padded_frames(bodies[m, :t_in], src[m])
+    centre = np.zeros((MAX_FRAMES, 3))                                           # joint 1 of body 0
+    for t in range(MAX_FRAMES):
+        if src[0, t] >= 0:
+            centre[t] = bodies[0, src[0, t], 1]
+    first = np.zeros((JOINTS, 3))                                                # body 0, frame 0, centred
+    if src[0, 0] >= 0:
+        for j in range(JOINTS):
+            joint = bodies[0, src[0, 0], j]
+            if joint[0] + joint[1] + joint[2] != 0:
+                first[j] = joint - centre[0]
+    up = _rotation(first[1] - first[0], np.array([0.0, 0.0, 1.0]))
+    across = _rotation(up @ (first[8] - first[4]), np.array([1.0, 0.0, 0.0]))
+    r = across @ up
+    out[:] = 0
+    for m in range(MAX_BODIES):
         for t in range(MAX_FRAMES):
+            frame = src[m, t]
+            if frame < 0:
+                continue
             for j in range(JOINTS):
-                if s[m, t, j, 0] + s[m, t, j, 1] + s[m, t, j, 2] != 0:
-                    for c in range(3):
-                        s[m, t, j, c] -= centre[t, c]
-                else:
-                    s[m, t, j] = 0.0
-    for a, b, axis in ((0, 1, 2), (4, 8, 0)):                                   # align: +z, then +x
-        target = np.zeros(3)
-        target[axis] = 1.0
-        r = _rotation(s[0, 0, b] - s[0, 0, a], target)
-        for m in range(MAX_BODIES):
-            _frame_sums(s[m], sums)
-            for t in range(MAX_FRAMES):
-                if sums[t] == 0:                                                 # empty frames stay empty
+                x, y, z = bodies[m, frame, j, 0], bodies[m, frame, j, 1], bodies[m, frame, j, 2]
+                if x + y + z == 0:                                               # untracked joints stay zero
                     continue
-                for j in range(JOINTS):
-                    x, y, z = s[m, t, j, 0], s[m, t, j, 1], s[m, t, j, 2]
-                    for c in range(3):
-                        s[m, t, j, c] = r[c, 0] * x + r[c, 1] * y + r[c, 2] * z
+                x, y, z = x - centre[t, 0], y - centre[t, 1], z - centre[t, 2]
+                for c in range(3):
+                    out[c, t, j, m] = r[c, 0] * x + r[c, 1] * y + r[c, 2] * z
 
 
 def normalise(bodies: np.ndarray) -> np.ndarray:
-    """(2, T, 25, 3) -> (2, 300, 25, 3) float32: padded, centred and aligned (steps 2-4)."""
-    out = np.zeros((MAX_BODIES, MAX_FRAMES, JOINTS, 3))
+    """(2, T, 25, 3) -> (3, 300, 25, 2) float32, the dataset layout: padded, centred and
+    aligned (steps 2-4), computed in float64."""
+    out = np.empty((3, MAX_FRAMES, JOINTS, MAX_BODIES), dtype=np.float32)
     _normalise(np.ascontiguousarray(bodies, dtype=np.float64), out)
-    return out.astype(np.float32)
+    return out
 
 
 def convert(path: str) -> tuple[np.ndarray, int]:
     """One file -> ((3, 300, 25, 2) float32, frame count)."""
     xyz = read_skeleton(path)
-    data = normalise(select_bodies(xyz))
-    return data.transpose(3, 1, 2, 0), min(xyz.shape[1], MAX_FRAMES)
+    return normalise(select_bodies(xyz)), min(xyz.shape[1], MAX_FRAMES)
 
 
 # ---- the command ---------------------------------------------------------------------------

@@ -118,7 +118,7 @@ def cut_samples(skeleton_path: str, actions: list[tuple[int, int, int]],
         if end >= len(xyz):
             raise ScdError(f"{label_path}: interval {start}..{end} ends past the {len(xyz)} frames of {skeleton_path}")
         clip = select_bodies(xyz[start:end + 1].transpose(1, 0, 2, 3))           # M, T, V, 3
-        samples.append((action, normalise(clip).transpose(3, 1, 2, 0), min(end + 1 - start, MAX_FRAMES)))
+        samples.append((action, normalise(clip), min(end + 1 - start, MAX_FRAMES)))
     return samples
 
 
