@@ -301,9 +301,9 @@ def _padded_frames(person, src):
 @numba.njit(cache=True)
 def _normalise(bodies, out):
     """bodies (2, T, 25, 3) float64 -> out (3, MAX_FRAMES, 25, 2) float32 in one pass over the
-    output: each padded frame is looked up, centred and rotated by both alignments at once
-    (centring subtracts the same point from both joints of a bone, and the second rotation's
-    vector is the first one's image, so the product of the two is what rotating twice gives)."""
+    output: each padded frame is looked up, centred and rotated by both alignments at once (the
+    second alignment's vector is taken as the first rotation's image of it, so the product of
+    the two rotations is what rotating twice gives)."""
     t_in = min(bodies.shape[1], MAX_FRAMES)
     src = np.empty((MAX_BODIES, MAX_FRAMES), dtype=np.int64)
     for m in range(MAX_BODIES):
