@@ -91,7 +91,7 @@ def _loss_by_batchnorm(path: str, train) -> tuple[float, float]:
         saved = {k: v.clone() for k, v in net.state_dict().items()}  # batch statistics update the running ones
         with torch.no_grad():
             values = []
-            for s in range(6):
+            for s in range(max(1, min(6, len(train) // 64))):  # up to 6 full batches of 64
                 q, k = views(order[s * 64:(s + 1) * 64], 50_000 + s)
                 values.append(float(scd_loss_ref(net.encode_queries(q), net.encode_keys(k), net.queues,
                                                  config.temperature)))
