@@ -4,8 +4,9 @@
 
 The per-joint version does what the public AGCN preprocessing does, the way it does it: a dict
 per joint while parsing, then Python loops over bodies, frames and joints for the padding, the
-centring and both rotations. Both convert the same files (repeated --repeat times); files/s and
-MB/s of raw text are reported, with the ratio; each is warmed up on one file first. A last line
+centring and both rotations. Both convert the same files, each warmed up on one file first,
+then timed in --rounds alternating rounds of --repeat passes; the medians of files/s and MB/s of
+raw text are reported, with the median of the rounds' ratios. A last line
 times the whole `scdfast prepare ntu` (worker processes on every core, the output array written)
 on --copies renamed links to the same files.
 """
@@ -81,12 +82,25 @@ def per_joint(path: str) -> np.ndarray:
 
 
 def _rate(fn, paths, repeat):
-    fn(paths[0])  # warm-up: the compiled parser loads (or compiles) on its first call
     start = time.perf_counter()
     for _ in range(repeat):
         for path in paths:
             fn(path)
     return len(paths) * repeat / (time.perf_counter() - start)
+
+
+def _median_rates(paths: list[str], repeat: int, rounds: int) -> tuple[float, float, float]:
+    """Median files/s of the per-joint script and of scdfast, and the median of each round's
+    ratio. The two alternate round by round, so a slow spell of the machine (a shared CPU's
+    timings vary by a quarter from run to run) falls on both sides instead of on one."""
+    per_joint(paths[0])
+    convert(paths[0])  # warm-up: the compiled parser loads (or compiles) on its first call
+    slow, fast = [], []
+    for _ in range(rounds):
+        slow.append(_rate(per_joint, paths, max(1, repeat // 5)))
+        fast.append(_rate(convert, paths, repeat))
+    return (float(np.median(slow)), float(np.median(fast)),
+            float(np.median(np.array(fast) / np.array(slow))))
 
 
 def _command_rate(paths: list[str], copies: int) -> float:
@@ -115,7 +129,9 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     here = os.path.dirname(os.path.abspath(__file__))
     parser.add_argument("--raw", default=os.path.join(here, "..", "..", "shared", "data", "ntu_rgbd_samples", "skeleton"))
-    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--repeat", type=int, default=5, help="passes over the files per round (the per-joint "
+                        "script makes a fifth as many)")
+    parser.add_argument("--rounds", type=int, default=5, help="alternating timing rounds; medians are reported")
     parser.add_argument("--copies", type=int, default=2000,
                         help="files the whole-command measurement converts (links to the samples)")
     args = parser.parse_args(argv)
@@ -124,11 +140,10 @@ def main(argv=None) -> int:
         print(f"no .skeleton files in {args.raw}")
         return 2
     megabytes = sum(os.path.getsize(p) for p in paths) / len(paths) / 1e6
-    slow = _rate(per_joint, paths, max(1, args.repeat // 5))
-    fast = _rate(convert, paths, args.repeat)
-    print(f"{len(paths)} files, {megabytes:.2f} MB each on average; one process")
+    slow, fast, ratio = _median_rates(paths, args.repeat, args.rounds)
+    print(f"{len(paths)} files, {megabytes:.2f} MB each on average; one process; medians of {args.rounds} rounds")
     print(f"per-joint Python: {slow:8.2f} files/s  {slow * megabytes:7.2f} MB/s")
-    print(f"scdfast:          {fast:8.2f} files/s  {fast * megabytes:7.2f} MB/s  ({fast / slow:.1f}x)")
+    print(f"scdfast:          {fast:8.2f} files/s  {fast * megabytes:7.2f} MB/s  ({ratio:.1f}x)")
     command = _command_rate(paths, args.copies)
     print(f"scdfast prepare ntu, {os.cpu_count()} worker processes, {args.copies} files written: "
           f"{command:8.2f} files/s  {command * megabytes:7.2f} MB/s  ({command / slow:.1f}x the per-joint script)")

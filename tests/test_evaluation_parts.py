@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from scdfast.config import LinearConfig, SCDConfig
+from scdfast.config import FinetuneConfig, LinearConfig, SCDConfig
 from scdfast.data import generate
 from scdfast.errors import ScdError
 from scdfast.evaluation import (
@@ -17,6 +17,8 @@ from scdfast.evaluation import (
     random_encoder,
     stratified_subset,
 )
+from scdfast.evaluation import features
+from scdfast.evaluation.finetune import finetune
 from scdfast.evaluation.tsne import pca, tsne
 
 
@@ -101,17 +103,13 @@ def test_cached_and_exact_linear_evaluation_agree(small_sets):
     assert (cached.top1, cached.top5, cached.best_top1) == (exact.top1, exact.top5, exact.best_top1)
 
 
-
-
 def test_diverging_finetuning_stops_with_a_named_error(small_sets):
-    from scdfast.config import FinetuneConfig
-    from scdfast.evaluation.finetune import finetune
-
     train, test = small_sets
     source = random_encoder(SCDConfig.tiny(window=16), 4, seed=0, representation="joint")
     config = FinetuneConfig.tiny(epochs=2, batch_size=16, lr=1e12, eval_every=1)
     with pytest.raises(ScdError, match="fine-tuning diverged.*lower --lr"):
         finetune(source, train, test, config, torch.device("cpu"))
+
 
 def test_feature_cache_reuses_and_repairs_entries(tmp_path):
     cache, calls = FeatureCache(str(tmp_path)), []
@@ -131,15 +129,13 @@ def test_feature_cache_reuses_and_repairs_entries(tmp_path):
     assert not hit and torch.equal(repaired, first) and len(calls) == 3
 
 
-
 def test_synthetic_features_are_keyed_by_the_generator_version(monkeypatch):
     """A changed generator must not reuse features cached for its old arrays."""
-    from scdfast.evaluation import features
-
     before = features.dataset_identity("synthetic", "train")
     monkeypatch.setattr(features, "GENERATOR_VERSION", features.GENERATOR_VERSION + 1)
     assert features.dataset_identity("synthetic", "train") != before
     assert features.dataset_identity("synthetic", "val") != features.dataset_identity("synthetic", "train")
+
 
 def test_tsne_keeps_separated_clusters_apart(rng):
     centres = rng.normal(scale=10.0, size=(3, 12))

@@ -87,17 +87,20 @@ _BYTE_CLASS[np.frombuffer(b" \t\r", dtype=np.uint8)] = 2
 @numba.njit(cache=True)
 def _line_end(buf, i):
     """(values on the rest of the line from i, index of the next line; -1 for a character that
-    no number has). Branch-free per byte: digits and blanks alternate unpredictably."""
+    no number has). Token by token, without bounds checks inside the line: `read_skeleton`'s
+    buffer ends in a newline, whose class (0) stops every loop."""
+    if i < 0 or i >= buf.shape[0]:
+        return 0, -1
     tokens = 0
-    after_blank = 1
-    bad = 0
-    while i < buf.shape[0] and buf[i] != 10:
-        kind = _BYTE_CLASS[buf[i]]
-        tokens += (kind == 1) & after_blank
-        after_blank = kind == 2
-        bad |= kind == 0
-        i += 1
-    return tokens, (-1 if bad else i + 1)
+    while True:
+        while _BYTE_CLASS[buf[i]] == 2:
+            i += 1
+        if _BYTE_CLASS[buf[i]] != 1:
+            break
+        tokens += 1
+        while _BYTE_CLASS[buf[i]] == 1:
+            i += 1
+    return tokens, (i + 1 if buf[i] == 10 else -1)
 
 
 @numba.njit(cache=True)
@@ -112,28 +115,6 @@ def _integer_line(buf, i, powers):
         return 0, -1
     rest, i = _line_end(buf, i)
     return int(value), (i if rest == 0 else -1)
-
-
-@numba.njit(cache=True)
-def _joint_line_rest(buf, i):
-    """After a joint line's x, y, z: its nine other values, each after blanks, then blanks and
-    the line's end. The index of the next line, -1 where the line is off. Token by token
-    instead of `_line_end`'s byte by byte with bounds checks: the buffer ends in a newline,
-    whose class (0) stops every loop."""
-    for _ in range(9):
-        if _BYTE_CLASS[buf[i]] != 2:
-            return -1
-        i += 1
-        while _BYTE_CLASS[buf[i]] == 2:
-            i += 1
-        if _BYTE_CLASS[buf[i]] != 1:
-            return -1
-        i += 1
-        while _BYTE_CLASS[buf[i]] == 1:
-            i += 1
-    while _BYTE_CLASS[buf[i]] == 2:
-        i += 1
-    return i + 1 if buf[i] == 10 else -1
 
 
 @numba.njit(cache=True)
@@ -168,8 +149,8 @@ def _walk(buf, powers, xyz):
                         return False
                     if m < xyz.shape[0]:
                         xyz[m, t, j, c] = value
-                at = _joint_line_rest(buf, at)
-                if at < 0:
+                rest, at = _line_end(buf, at)
+                if at < 0 or rest != 9:
                     return False
     while at < buf.shape[0]:  # nothing but blanks after the last frame
         if not is_blank(buf[at]):
