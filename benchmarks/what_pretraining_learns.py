@@ -19,7 +19,6 @@ the downstream features concat(vt, vs) in eval mode:
 from __future__ import annotations
 
 import argparse
-import pickle
 import re
 import sys
 
@@ -30,6 +29,7 @@ import torch.nn.functional as F
 from scdfast.compat import read_checkpoint
 from scdfast.config import LinearConfig, PretrainConfig, SCDConfig, from_dict
 from scdfast.data.dataset import load_dataset, model_shape, num_classes
+from scdfast.data.label_file import read_label_file
 from scdfast.errors import ScdError
 from scdfast.evaluation.encoders import load_encoder, random_encoder, resolve_checkpoint
 from scdfast.evaluation.features import extract_features
@@ -45,8 +45,7 @@ CPU = torch.device("cpu")
 
 def _names(root: str, split: str, pattern: re.Pattern) -> tuple[np.ndarray, np.ndarray]:
     """(performer, recording) of every sample, from its name."""
-    with open(f"{root}/{split}_label.pkl", "rb") as f:
-        names = pickle.load(f)[0]
+    names = read_label_file(f"{root}/{split}_label.pkl")[0] or []
     found = [pattern.fullmatch(n) for n in names]
     if not all(found):
         bad = next(n for n, m in zip(names, found) if not m)

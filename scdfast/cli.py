@@ -27,7 +27,10 @@ def _common(parser: argparse.ArgumentParser) -> None:
                              "dataset directory holding {train,val}_data_joint.npy and {train,val}_label.pkl")
     parser.add_argument("--device", default="auto", help="auto (CUDA when present, default), cpu, cuda or cuda:N")
     parser.add_argument("--run-dir", default=None,
-                        help="where config.json, metrics.csv and checkpoints go (default runs/<command>-<time>)")
+                        help="where config.json, metrics.csv and checkpoints go (default runs/<command>-<time>); "
+                             "a directory holding an earlier run is refused unless --overwrite")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace the run in --run-dir: removes only the files scdfast writes there")
     parser.add_argument("--seed", type=int, default=0, help="seed for weights, data order and augmentation (default 0)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars (for logs)")
 
@@ -182,6 +185,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("runs", nargs="+", metavar="RUN", help="protocol run directories (or their results.json)")
     p.add_argument("--out", help="also write the table to this file")
 
+    p = commands.add_parser("doctor", help="compile the GPU kernels for sm_90 and sm_80 and check them (no GPU needed)",
+                            description="Compile every Triton loss-kernel configuration the launchers can choose "
+                                        "and the Numba CUDA augmentation kernels with the real compilers for "
+                                        "H100/H200 (sm_90) and A100 (sm_80), on any machine, and print registers, "
+                                        "stack (spills), shared memory and tensor-core use. Exit status 1 when a "
+                                        "configuration fails to compile, spills, exceeds shared memory or lacks "
+                                        "tensor cores at the default precision. Takes minutes on 2 cores.")
+    p.add_argument("--targets", nargs="+", type=int, choices=(90, 80), default=[90, 80],
+                   help="compute capabilities (default: 90 80)")
+    p.add_argument("--jobs", type=int, help="compiler processes (default: one per core)")
+    p.add_argument("--json", metavar="FILE", help="also write every row as JSON")
+
     p = commands.add_parser("prepare", help="convert a raw dataset download into a dataset directory",
                             description="Read a dataset as its authors ship it and write the array directory "
                                         "every command takes (--data DIR). Outputs appear only when complete.")
@@ -219,7 +234,9 @@ def _prepare_format(formats, name: str, help_text: str, files: str) -> argparse.
     """A `scdfast prepare NAME` parser with the options every importer takes."""
     f = formats.add_parser(name, help=help_text, description=help_text)
     f.add_argument("--raw", required=True, help=f"the folder of {files} files")
-    f.add_argument("--out", required=True, help="the dataset directory to write (replaced when complete)")
+    f.add_argument("--out", required=True, help="the dataset directory to write: a new or empty folder, or an earlier "
+                   "output of scdfast prepare, which is replaced when the new one is complete; never a folder "
+                   "that is, holds or lies inside --raw")
     f.add_argument("--skip-bad", action="store_true",
                    help="skip unreadable or malformed files, listing each and why in OUT/skipped.txt")
     f.add_argument("--no-progress", action="store_true", help="no progress bars (for logs)")
@@ -236,10 +253,12 @@ def _run_pretrain(args: argparse.Namespace) -> None:
     from scdfast.data.dataset import model_shape
     from scdfast.train.device import resolve_device
     from scdfast.train.pretrain import load_resume_state, pretrain
-    from scdfast.train.rundir import prepare_run_dir
+    from scdfast.train.rundir import RunDir
 
     resume = None
     if args.resume:
+        if args.overwrite:
+            raise ScdError("--resume continues a run and --overwrite replaces one: give one of them")
         resume = load_resume_state(args.resume)
         model_config = from_dict(SCDConfig, resume["model_config"])
         config = from_dict(PretrainConfig, resume["pretrain_config"])
@@ -256,11 +275,15 @@ def _run_pretrain(args: argparse.Namespace) -> None:
     train, _ = load_dataset(data, seed=config.seed)
     if not args.resume:  # the dataset fixes joints, bodies and layout
         model_config = preset(args.preset, SCDConfig, **model_shape(train))
-        run_dir = prepare_run_dir(args.run_dir, "pretrain")
-    verb = f"resuming at step {resume['step']}" if resume else "pretraining"
-    print(f"{verb} on {data} ({len(train)} samples) on {device}; run directory {run_dir}")
-    result = pretrain(model_config, config, train, run_dir, device, progress=not args.no_progress, resume=resume,
-                      data=data)
+        run_dir = args.run_dir
+    with RunDir(run_dir, "pretrain", overwrite=args.overwrite, resume=resume is not None) as run_dir:
+        verb = f"resuming at step {resume['step']}" if resume else "pretraining"
+        print(f"{verb} on {data} ({len(train)} samples) on {device}; run directory {run_dir}")
+        result = pretrain(model_config, config, train, run_dir, device, progress=not args.no_progress,
+                          resume=resume, data=data)
+    if result is None:
+        print(f"{run_dir} finished at step {resume['step']}: nothing to resume; its outputs are unchanged")
+        return
     print(f"done: {result.steps} steps in {result.seconds:.0f} s, final loss {result.final_loss:.4f}; "
           f"checkpoint {result.checkpoint}")
     print(f"throughput: {result.report()}")
@@ -275,7 +298,7 @@ def _run_protocol(args: argparse.Namespace) -> None:
     from scdfast.evaluation.protocols import ProtocolRequest, run_protocol
     from scdfast.evaluation.subsets import parse_fraction
     from scdfast.train.device import resolve_device
-    from scdfast.train.rundir import prepare_run_dir
+    from scdfast.train.rundir import RunDir
 
     command, options = args.command, {}
     schedule = _overrides(args, ("epochs", "lr", "batch_size", "seed"))
@@ -294,12 +317,12 @@ def _run_protocol(args: argparse.Namespace) -> None:
     if command in ("linear", "knn", "transfer") and not args.no_feature_cache:
         options["cache_dir"] = args.feature_cache or default_cache_dir()
     device = resolve_device(args.device)
-    run_protocol(ProtocolRequest(
-        protocol=command, data=_data_source(args.data),
-        run_dir=prepare_run_dir(args.run_dir, command), device=device, preset=args.preset,
-        checkpoints=tuple(args.checkpoint or ()), random_init=getattr(args, "random_init", False),
-        random_baseline=args.random_baseline, streams=args.streams, seed=args.seed, embedding=args.embedding,
-        figures=not args.no_figures, progress=not args.no_progress, **options))
+    with RunDir(args.run_dir, command, overwrite=args.overwrite) as run_dir:
+        run_protocol(ProtocolRequest(
+            protocol=command, data=_data_source(args.data), run_dir=run_dir, device=device, preset=args.preset,
+            checkpoints=tuple(args.checkpoint or ()), random_init=getattr(args, "random_init", False),
+            random_baseline=args.random_baseline, streams=args.streams, seed=args.seed, embedding=args.embedding,
+            figures=not args.no_figures, progress=not args.no_progress, **options))
 
 
 def _run_report(args: argparse.Namespace) -> None:
@@ -322,6 +345,10 @@ def _run_prepare(args: argparse.Namespace) -> None:
         prepare_utd,
     )
 
+    from scdfast.data.writer import check_output_dir
+
+    sources = {"--raw": args.raw, **({"--labels": args.labels} if args.format == "pku" else {})}
+    check_output_dir(args.out, sources)  # before any file is read
     common = {"skip_bad": args.skip_bad, "progress": not args.no_progress}
     importers = {
         "ntu": lambda: prepare_ntu.prepare_ntu(args.raw, args.out, dataset=args.dataset, benchmark=args.benchmark,
@@ -337,9 +364,21 @@ def _run_prepare(args: argparse.Namespace) -> None:
           f"{counts['frames']} frames" + (f"; skipped {counts['skipped']} (see skipped.txt)" if counts["skipped"] else ""))
 
 
+def _run_doctor(args: argparse.Namespace) -> int:
+    from scdfast.doctor import print_report, run_in_child
+    from scdfast.train.rundir import atomic_write
+
+    report = run_in_child(args.targets, args.jobs)
+    if args.json:
+        atomic_write(args.json, lambda f: json.dump(report, f, indent=1), mode="w")
+    return 0 if print_report(report) else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if args.command == "doctor":
+            return _run_doctor(args)
         if args.command == "pretrain":
             _run_pretrain(args)
         elif args.command == "prepare":
@@ -349,6 +388,9 @@ def main(argv: list[str] | None = None) -> int:
         else:
             _run_protocol(args)
     except (ScdError, FileNotFoundError, PermissionError) as exc:
+        print(f"scdfast {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except OSError as exc:  # the machine's, not a bug: a full disk, an I/O error, a read-only folder
         print(f"scdfast {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:

@@ -30,6 +30,15 @@ def read_checkpoint(path: str | os.PathLike):
         raise ScdError(f"checkpoint {path}: cannot be read as a PyTorch checkpoint ({exc.__class__.__name__})") from None
 
 
+def require_fields(payload: dict, fields: tuple[str, ...], path: str, kind: str) -> None:
+    """A format-tagged checkpoint must hold its fields: a one-line error for one that does not."""
+    for field in fields:
+        if field not in payload:
+            raise ScdError(f"checkpoint {path}: an {kind} checkpoint without its {field!r} entry (incomplete or damaged)")
+    if "model" in fields and not isinstance(payload["model"], dict):
+        raise ScdError(f"checkpoint {path}: its 'model' entry is not a state dict")
+
+
 def _read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     path = os.fspath(path)
     payload = read_checkpoint(path)

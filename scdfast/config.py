@@ -6,6 +6,7 @@ whole pipeline in minutes; they change sizes and schedule lengths, never the met
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 
 from scdfast.errors import ScdError
@@ -172,6 +173,8 @@ class PretrainConfig(_Presets):
             raise ScdError(f"augment={self.augment!r}: use batched or reference")
         if self.batch_size < 1 or self.epochs < 1:
             raise ScdError("PretrainConfig: batch_size and epochs must be >= 1")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise ScdError(f"PretrainConfig: lr={self.lr} must be a finite number > 0")
         _check_crop_ratio(self.crop_ratio)
 
     _TINY = dict(epochs=16, batch_size=64, lr=0.1, lr_drop_epochs=(13,))

@@ -1,10 +1,18 @@
-"""Test setup: kernels run under the Triton interpreter and Numba's CUDA simulator on a CPU.
+"""Test setup: where the kernels run.
 
-Both switches must be set before triton or numba is first imported, hence here.
+On a machine without a GPU the Triton kernels run under the Triton interpreter and the Numba
+CUDA kernels under Numba's CUDA simulator; the `device` fixture is the CPU. On a machine with
+an NVIDIA GPU (or SCDFAST_TEST_DEVICE=cuda) the same tests run the compiled kernels on CUDA:
+that is the GPU tier, and tests marked `gpu` run only there. SCDFAST_TEST_DEVICE=cpu forces
+the CPU tier on a GPU machine. Both switches must be set before triton or numba is first
+imported, hence here.
 """
 import os
 
-if not os.environ.get("SCDFAST_TEST_REAL_GPU"):
+TEST_DEVICE = os.environ.get("SCDFAST_TEST_DEVICE") or ("cuda" if os.path.exists("/dev/nvidiactl") else "cpu")
+if TEST_DEVICE not in ("cpu", "cuda"):
+    raise SystemExit(f"SCDFAST_TEST_DEVICE={TEST_DEVICE!r}: use cpu or cuda")
+if TEST_DEVICE == "cpu":
     os.environ.setdefault("TRITON_INTERPRET", "1")
     os.environ.setdefault("NUMBA_ENABLE_CUDASIM", "1")
 
@@ -15,6 +23,21 @@ import pytest
 import torch
 
 SHARED_DATA = pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+def pytest_collection_modifyitems(config, items):
+    if TEST_DEVICE == "cuda":
+        return
+    skip = pytest.mark.skip(reason="GPU tier: needs an NVIDIA GPU (or SCDFAST_TEST_DEVICE=cuda)")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture
+def device() -> torch.device:
+    """Where kernel tests put their tensors: CUDA in the GPU tier, else the CPU (interpreters)."""
+    return torch.device(TEST_DEVICE)
 
 
 @pytest.fixture

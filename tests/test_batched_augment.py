@@ -52,6 +52,21 @@ def test_cuda_kernels_equal_reference_in_simulator(rng, representation):
     np.testing.assert_allclose(views, expected, **TOLERANCE)
 
 
+@pytest.mark.gpu
+@pytest.mark.parametrize("representation", ["joint", "motion", "bone"])
+def test_cuda_kernels_on_the_gpu_equal_reference(rng, representation, device):
+    """The GPU tier: CUDA tensors go to the compiled kernels on PyTorch's stream."""
+    x, nf = _batch(rng, 9, 120)
+    index = np.array([0, 1, 2, 8, 8, 3, 1], dtype=np.int64)
+    draws = draw_views(rng, nf[index], 64)
+    expected = make_views(x[index], draws, 64, representation)
+    plan = plan_from_draws(draws)
+    on_device = type(plan)(*(torch.from_numpy(np.ascontiguousarray(a)).to(device) for a in plan.arrays()))
+    views = BatchAugmenter(64, representation=representation).render(
+        torch.from_numpy(x).to(device), torch.from_numpy(index).to(device), on_device)
+    np.testing.assert_allclose(views.cpu().numpy(), expected, **TOLERANCE)
+
+
 def test_cuda_and_cpu_plans_agree(rng):
     nf = rng.integers(1, 300, size=24)
     index = np.arange(24)

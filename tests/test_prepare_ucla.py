@@ -99,13 +99,13 @@ def test_malformed_copies_of_real_files_are_named(tmp_path, damage, message):
     assert names[3] in (out / "skipped.txt").read_text()
 
 
-def test_rerun_replaces_the_directory_whole(tmp_path):
+def test_rerun_replaces_its_own_output_whole(tmp_path):
     raw, _ = _subset(tmp_path, count=12)
     out = tmp_path / "ucla"
-    out.mkdir()
-    (out / "stale_file.npy").write_bytes(b"old")
     assert main(["prepare", "ucla", "--raw", str(raw), "--out", str(out), "--no-progress"]) == 0
-    assert not (out / "stale_file.npy").exists()
+    (out / "train_data_joint.npy").write_bytes(b"damaged")  # scdfast's own file: replaced
+    assert main(["prepare", "ucla", "--raw", str(raw), "--out", str(out), "--no-progress"]) == 0
+    assert (out / "train_data_joint.npy").read_bytes() != b"damaged"
     shutil.rmtree(raw)
     raw.mkdir()
     assert main(["prepare", "ucla", "--raw", str(raw), "--out", str(out), "--no-progress"]) == 2

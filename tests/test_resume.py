@@ -1,6 +1,7 @@
-"""Crash safety of pretraining: SIGKILL then --resume gives the uninterrupted run's losses
-bitwise (CPU, fp32); SIGTERM stops at a step boundary with a checkpoint; a non-finite loss and
-a full disk leave the last good checkpoint intact."""
+"""Crash safety of pretraining: SIGKILL mid-epoch then --resume gives the uninterrupted run's
+step losses, weights, metrics.csv and best.pt bitwise (CPU, fp32); SIGTERM stops at a step
+boundary with a checkpoint; a non-finite loss and a full disk leave the last good checkpoint
+intact."""
 import csv
 import errno
 import os
@@ -81,6 +82,18 @@ def test_sigkill_mid_epoch_then_resume_equals_uninterrupted(dataset, uninterrupt
     a = torch.load(uninterrupted / "checkpoints" / "last.pt", weights_only=False)["model"]
     b = torch.load(run / "checkpoints" / "last.pt", weights_only=False)["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
+    # the epoch the kill cut counts every one of its steps: metrics.csv and the best.pt choice agree
+    assert _epoch_rows(run) == _epoch_rows(uninterrupted)
+    best_a = torch.load(uninterrupted / "checkpoints" / "best.pt", weights_only=False)
+    best_b = torch.load(run / "checkpoints" / "best.pt", weights_only=False)
+    assert (best_a["step"], best_a["epoch_loss"]) == (best_b["step"], best_b["epoch_loss"])
+    assert all(torch.equal(best_a["model"][k], best_b["model"][k]) for k in best_a["model"])
+
+
+def _epoch_rows(run_dir) -> list[tuple]:
+    """metrics.csv without its timing columns."""
+    with open(run_dir / "metrics.csv", newline="") as f:
+        return [(r["epoch"], r["step"], r["loss"], r["lr"]) for r in csv.DictReader(f)]
 
 
 def test_sigterm_writes_a_checkpoint_and_exits_cleanly(dataset, tmp_path):
@@ -107,7 +120,8 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(dataset, tmp_p
     monkeypatch.setattr(step_module, "scd_loss", poisoned)
     run = tmp_path / "run"
     assert main(_args(dataset, run)) == 2
-    assert "non-finite by step 5" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "non-finite by step 5" in err and f"the last good checkpoint: {run / 'checkpoints' / 'last.pt'}" in err
     last = torch.load(run / "checkpoints" / "last.pt", weights_only=False)
     assert last["step"] == 4 and all(torch.isfinite(v).all() for v in last["model"].values() if v.is_floating_point())
 

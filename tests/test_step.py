@@ -18,15 +18,15 @@ from scdfast.train.views import epoch_order, queue_fill_batches
 CONFIG = SCDConfig.tiny(queue_size=64, dropout=0.0)
 
 
-def _losses(compile_mode="off", precision="fp32", steps=3):
+def _losses(compile_mode="off", precision="fp32", steps=3, device="cpu"):
     torch.manual_seed(0)
-    model = SCDNet(CONFIG)
+    model = SCDNet(CONFIG).to(device)
     optimizer = torch.optim.SGD(model.query_encoder.parameters(), lr=0.05, momentum=0.9)
-    step = PretrainStep(model, optimizer, torch.device("cpu"), compile_mode=compile_mode, precision=precision)
+    step = PretrainStep(model, optimizer, torch.device(device), compile_mode=compile_mode, precision=precision)
     g = torch.Generator().manual_seed(1)
     out = []
     for _ in range(steps):
-        q, k = (torch.randn(8, 3, CONFIG.window, 25, 2, generator=g) for _ in range(2))
+        q, k = (torch.randn(8, 3, CONFIG.window, 25, 2, generator=g).to(device) for _ in range(2))
         out.append(step(q, k).item())
     return torch.tensor(out)
 
@@ -35,6 +35,14 @@ def _losses(compile_mode="off", precision="fp32", steps=3):
 def test_compiled_step_equals_eager():
     # compiling both encoders on the CPU takes about two minutes
     torch.testing.assert_close(_losses("default"), _losses("off"), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("compile_mode,precision", [("off", "fp32"), ("default", "bf16")])
+def test_the_gpu_step_with_the_fused_loss_follows_the_cpu_step(compile_mode, precision, device):
+    """The GPU tier: the step on CUDA (the fused Triton loss, tf32 or bf16) tracks the CPU step."""
+    torch.testing.assert_close(_losses(compile_mode, precision, steps=3, device=device), _losses(steps=3),
+                               rtol=0.05, atol=0.05)
 
 
 def test_bf16_autocast_step_is_close_to_fp32():

@@ -9,11 +9,13 @@ it, V = 25 means the NTU layout. `--data synthetic` is the built-in generator in
 """
 from __future__ import annotations
 
+import hashlib
 import os
-import pickle
+import warnings
 
 import numpy as np
 
+from scdfast.data.label_file import read_label_file
 from scdfast.data.layouts import BUILT_IN, NTU25, SkeletonLayout, get_layout
 from scdfast.data.synthetic import SkeletonSet, is_synthetic, synthetic_layout, synthetic_splits
 from scdfast.errors import ScdError
@@ -43,11 +45,16 @@ def validate(data: np.ndarray, num_frames: np.ndarray, labels: np.ndarray, sourc
         raise ScdError(f"{source}: num_frames[{bad[0]}] = {num_frames[bad[0]]} is outside [1, {t}]")
     if (labels < 0).any():
         raise ScdError(f"{source}: labels must be 0-based non-negative integers (found {labels.min()})")
+    moving = False
     for lo in range(0, n, _CHUNK):
         chunk = np.asarray(data[lo:lo + _CHUNK])
         if not np.isfinite(chunk).all():
             sample = lo + int(np.flatnonzero(~np.isfinite(chunk).reshape(chunk.shape[0], -1).all(1))[0])
             raise ScdError(f"{source}: sample {sample} contains NaN or Inf")
+        moving = moving or bool(chunk.any())
+    if not moving:
+        warnings.warn(f"{source}: every coordinate of every sample is zero; nothing can be learned from it",
+                      stacklevel=2)
 
 
 def frames_until_last_nonzero(data: np.ndarray) -> np.ndarray:
@@ -61,22 +68,7 @@ def frames_until_last_nonzero(data: np.ndarray) -> np.ndarray:
 
 
 def _read_labels(path: str) -> np.ndarray:
-    try:
-        with open(path, "rb") as f:
-            payload = pickle.load(f)
-    except FileNotFoundError:
-        raise ScdError(f"{path}: no such file") from None
-    except Exception as exc:
-        raise ScdError(f"{path}: cannot be read as a pickled (names, labels) pair ({exc.__class__.__name__})") from None
-    if isinstance(payload, (tuple, list)) and len(payload) == 2:
-        payload = payload[1]
-    try:
-        labels = np.asarray(payload, dtype=np.int64)
-    except (TypeError, ValueError):
-        raise ScdError(f"{path}: labels are not integers") from None
-    if labels.ndim != 1:
-        raise ScdError(f"{path}: expected a flat list of labels, got shape {labels.shape}")
-    return labels
+    return read_label_file(path)[1]
 
 
 LAYOUT_FILE = "skeleton.json"
@@ -126,6 +118,18 @@ def load_dataset(source: str, seed: int = 0) -> tuple[SkeletonSet, SkeletonSet]:
 
 def num_classes(*sets: SkeletonSet) -> int:
     return int(max(int(s.labels.max()) for s in sets)) + 1
+
+
+def dataset_identity(train: SkeletonSet, source: str) -> dict:
+    """What a resumed run checks it reads again: the source, shapes and a cheap fingerprint
+    (labels, frame counts and three samples' bytes)."""
+    n = len(train)
+    digest = hashlib.sha256()
+    for part in (np.ascontiguousarray(train.labels), np.ascontiguousarray(train.num_frames)):
+        digest.update(part.tobytes())
+    for i in sorted({0, n // 2, n - 1}):
+        digest.update(np.ascontiguousarray(train.data[i]).tobytes())
+    return {"data": source, "samples": n, "shape": list(train.data.shape), "fingerprint": digest.hexdigest()[:16]}
 
 
 def layout_spec(layout: SkeletonLayout) -> str | dict:

@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator
 from functools import partial
 
-import numpy as np
 from tqdm.auto import tqdm
 
 from scdfast.data.layouts import SkeletonLayout, centred
@@ -44,12 +43,14 @@ def require_both_splits(splits: dict, what: str) -> None:
         raise ScdError(f"{what}: the {' and the '.join(empty)} split would be empty")
 
 
-def write_sequences(out: str, layout: SkeletonLayout, splits: dict, skipped: list[str], bodies: int = 1) -> dict:
+def write_sequences(out: str, layout: SkeletonLayout, splits: dict, skipped: list[str], bodies: int = 1,
+                    sources: dict[str, str] | None = None) -> dict:
     """Write {"train": [...], "val": [...]} of (name, (T, M, V, 3) array, label) sequences as a
     dataset directory: T is the longest sequence, shorter ones are zero-padded; each sequence
-    is translated so that the layout's centre joint of body 0 in frame 0 is the origin."""
+    is translated so that the layout's centre joint of body 0 in frame 0 is the origin. `sources`
+    ({option: path}) are the folders read, which the output may not overlap."""
     frames = max(seq.shape[0] for entries in splits.values() for _, seq, _ in entries)
-    with DatasetWriter(out, layout) as writer:
+    with DatasetWriter(out, layout, sources) as writer:
         for split, entries in splits.items():
             array = writer.split(split, (len(entries), 3, frames, layout.num_joints, bodies))
             for i, (_, seq, _) in enumerate(entries):

@@ -54,6 +54,17 @@ class SkeletonLayout:
         children = [c for c, _ in self.edges]
         if len(set(children)) != len(children):
             raise ScdError(f"{where}: a joint is the child of two edges")
+        loop = next((c for c, p in self.edges if c == p), None)
+        if loop is not None:
+            raise ScdError(f"{where}: edge ({loop}, {loop}) joins a joint to itself")
+        parent = dict(self.edges)
+        for joint in parent:  # each child's chain of parents must end at a root
+            seen, at = {joint}, parent[joint]
+            while at in parent:
+                if at in seen:
+                    raise ScdError(f"{where}: the edges form a cycle through joint {at}; a layout is a tree")
+                seen.add(at)
+                at = parent[at]
 
     @property
     def masked_joints(self) -> int:

@@ -71,4 +71,4 @@ def prepare_msr3d(raw: str, out: str, files: str | None = None, skip_bad: bool =
         action, subject = (int(g) for g in _NAME.match(stem).groups()[:2])
         splits["train" if subject % 2 else "val"].append((stem, seq[:, MSR_TO_KINECT20][:, None], action - 1))
     require_both_splits(splits, f"--raw {raw} (odd subjects train, even test)")
-    return write_sequences(out, KINECT20, splits, skipped)
+    return write_sequences(out, KINECT20, splits, skipped, sources={"--raw": raw})

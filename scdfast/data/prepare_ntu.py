@@ -358,7 +358,7 @@ def prepare_ntu(raw: str, out: str, dataset: str = "ntu60", benchmark: str = "xs
             raise ScdError(f"--raw {raw}: no file of the {split} split of {dataset} {benchmark}")
     skipped: list[str] = []
     counts = {}
-    with DatasetWriter(out, NTU25) as writer, ProcessPoolExecutor(jobs or os.cpu_count()) as pool:
+    with DatasetWriter(out, NTU25, {"--raw": raw}) as writer, ProcessPoolExecutor(jobs or os.cpu_count()) as pool:
         for split, stems in splits.items():
             array = writer.split(split, (len(stems), 3, MAX_FRAMES, JOINTS, MAX_BODIES))
             kept, frames = [], []

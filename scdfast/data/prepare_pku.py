@@ -138,7 +138,7 @@ def prepare_pku(raw: str, labels: str, split: str, out: str, skip_bad: bool = Fa
     intervals = dict(read_each([os.path.join(labels, n + ".txt") for n in present], read_labels, skip_bad, skipped,
                                "pku: labels", progress))
     counts = {}
-    with DatasetWriter(out, NTU25) as writer:
+    with DatasetWriter(out, NTU25, {"--raw": raw, "--labels": labels}) as writer:
         for name in ("train", "val"):
             sequences = [n for n in present if n in named[name] and os.path.join(labels, n + ".txt") in intervals]
             total = sum(len(intervals[os.path.join(labels, n + ".txt")]) for n in sequences)

@@ -79,4 +79,4 @@ def prepare_sbu(raw: str, out: str, fold: int = 1, skip_bad: bool = False, progr
             split = "val" if pair in FOLDS[fold - 1] else "train"
             splits[split].append((f"{pair}_{label:02d}_{run}", sequences[path], label - 1))
     require_both_splits(splits, f"--raw {raw} (fold {fold})")
-    return write_sequences(out, SBU15, splits, skipped, bodies=2)
+    return write_sequences(out, SBU15, splits, skipped, bodies=2, sources={"--raw": raw})

@@ -82,4 +82,4 @@ def prepare_ucla(raw: str, out: str, skip_bad: bool = False, progress: bool = Tr
         if split is not None:
             splits[split].append((seq.name, seq.skeleton[:, None], seq.label))
     require_both_splits(splits, f"--raw {raw} (views 1-2 train, 3 test)")
-    return write_sequences(out, KINECT20, splits, skipped)
+    return write_sequences(out, KINECT20, splits, skipped, sources={"--raw": raw})

@@ -56,4 +56,4 @@ def prepare_utd(raw: str, out: str, skip_bad: bool = False, progress: bool = Tru
         splits["train" if subject % 2 else "val"].append((name.removesuffix(".mat"), seq[:, UTD_TO_KINECT20][:, None],
                                                           action - 1))
     require_both_splits(splits, f"--raw {raw} (odd subjects train, even test)")
-    return write_sequences(out, KINECT20, splits, skipped)
+    return write_sequences(out, KINECT20, splits, skipped, sources={"--raw": raw})

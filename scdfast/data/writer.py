@@ -1,12 +1,20 @@
 """Writing a dataset directory so that a failed or interrupted run never leaves a half-written
-one in place: everything goes into a temporary sibling directory, which replaces the target
-in one rename at the end (an older directory of that name is removed only after that)."""
+one in place, and nothing scdfast did not write is ever removed.
+
+Everything goes into a temporary sibling directory (marked with the writing process), which
+replaces the target in one rename at the end. The target may be a new or empty folder, or a
+complete earlier output of scdfast: one holding the marker file that lists what scdfast wrote
+there and nothing else. Anything else is refused before any work, and so is an output folder
+that is, holds or lies inside a source folder (--raw). A temporary folder that a killed run
+left behind is removed by the next run for the same target.
+"""
 from __future__ import annotations
 
 import json
 import os
 import pickle
 import shutil
+import socket
 import tempfile
 
 import numpy as np
@@ -14,22 +22,119 @@ import numpy as np
 from scdfast.data.dataset import LAYOUT_FILE, layout_spec
 from scdfast.data.layouts import SkeletonLayout
 from scdfast.errors import ScdError
+from scdfast.fileio import current_umask, fsync_dir
+
+
+MARKER = ".scdfast-dataset"        # written last: JSON listing the files scdfast wrote
+WRITING = ".scdfast-writing"        # in a temporary folder while it is written: host and pid
+REPLACED = ".replaced"              # an earlier output, moved aside for the moment of the swap
+
+
+def _inside(path: str, folder: str) -> bool:
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
+def _marker_files(folder: str) -> list[str] | None:
+    """The files the marker of `folder` lists, or None where it has no readable marker."""
+    try:
+        with open(os.path.join(folder, MARKER)) as f:
+            files = json.load(f)["files"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return files if isinstance(files, list) and all(isinstance(x, str) for x in files) else None
+
+
+def check_output_dir(out_dir: str, sources: dict[str, str] | None = None) -> None:
+    """Refuse, before any work, an output folder that prepare may not replace: a file, a
+    folder that is, holds or lies inside a source, or a non-empty folder that is not a
+    complete scdfast output holding only its own files. `sources`: {option: path}."""
+    out = os.path.realpath(out_dir)
+    for option, source in (sources or {}).items():
+        src = os.path.realpath(source)
+        if _inside(out, src) or _inside(src, out):
+            where = "is" if out == src else ("lies inside" if _inside(out, src) else "holds")
+            raise ScdError(f"--out {out_dir}: {where} {option} {source}; write the dataset to a folder of its own")
+    if not os.path.exists(out):
+        return
+    if not os.path.isdir(out):
+        raise ScdError(f"--out {out_dir}: exists and is not a directory")
+    present = set(os.listdir(out))
+    if not present:
+        return
+    ours = _marker_files(out)
+    if ours is None:
+        raise ScdError(f"--out {out_dir}: a non-empty folder scdfast did not write (no {MARKER}); "
+                       "choose a new folder or empty this one yourself")
+    foreign = sorted(present - set(ours) - {MARKER, REPLACED})
+    if foreign:
+        raise ScdError(f"--out {out_dir}: holds {foreign[0]}, which scdfast did not write; "
+                       "move it away or choose a new folder")
+
+
+def _process_alive(host: str, pid: int) -> bool:
+    if host != socket.gethostname():
+        return True  # another machine's: never ours to judge
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_temporaries(out_dir: str) -> list[str]:
+    """Temporary folders of earlier writes of `out_dir` whose writing process is gone."""
+    parent, base = os.path.split(os.path.abspath(out_dir))
+    removed = []
+    if not os.path.isdir(parent):
+        return removed
+    for name in os.listdir(parent):
+        path = os.path.join(parent, name)
+        if not (name.startswith(f".{base}.tmp-") and os.path.isdir(path)):
+            continue
+        try:
+            with open(os.path.join(path, WRITING)) as f:
+                owner = json.load(f)
+            alive = _process_alive(str(owner["host"]), int(owner["pid"]))
+        except (OSError, ValueError, KeyError, TypeError):
+            continue  # not a folder this writer marked: leave it
+        if not alive:
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed
+
+
+def _remove_replaced(out_dir: str) -> None:
+    """Delete the earlier output moved aside by a swap: the files its marker lists, then the
+    marker and the (then empty) folder; a file it does not list stays, and so does the folder."""
+    old = os.path.join(out_dir, REPLACED)
+    if not os.path.isdir(old):
+        return
+    for name in _marker_files(old) or []:
+        if os.path.isfile(os.path.join(old, name)):
+            os.unlink(os.path.join(old, name))
+    if os.path.isfile(os.path.join(old, MARKER)):
+        os.unlink(os.path.join(old, MARKER))
+    if not os.listdir(old):
+        os.rmdir(old)
 
 
 class DatasetWriter:
-    """with DatasetWriter(out, layout) as w: w.split("train", shape) -> a memory-mapped array to
-    fill; w.finish_split("train", names, labels, num_frames). Committed on a clean exit."""
+    """with DatasetWriter(out, layout, sources) as w: w.split("train", shape) -> a memory-mapped
+    array to fill; w.finish_split("train", names, labels, num_frames). Committed on a clean exit."""
 
-    def __init__(self, out_dir: str, layout: SkeletonLayout):
+    def __init__(self, out_dir: str, layout: SkeletonLayout, sources: dict[str, str] | None = None):
+        check_output_dir(out_dir, sources)
         self.out_dir, self.layout = os.path.abspath(out_dir), layout
         parent = os.path.dirname(self.out_dir)
-        if os.path.exists(self.out_dir) and not os.path.isdir(self.out_dir):
-            raise ScdError(f"--out {out_dir}: exists and is not a directory")
         os.makedirs(parent, exist_ok=True)
+        remove_stale_temporaries(self.out_dir)
+        _remove_replaced(self.out_dir)  # a swap a kill interrupted
         self.tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(self.out_dir)}.tmp-", dir=parent)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(self.tmp, 0o777 & ~umask)  # mkdtemp makes 0700; the result is an ordinary directory
+        os.chmod(self.tmp, 0o777 & ~current_umask())  # mkdtemp makes 0700; the result is an ordinary directory
+        with open(os.path.join(self.tmp, WRITING), "w") as f:
+            json.dump({"host": socket.gethostname(), "pid": os.getpid()}, f)
         self._arrays: dict[str, np.memmap] = {}
 
     def __enter__(self) -> DatasetWriter:
@@ -74,12 +179,19 @@ class DatasetWriter:
             return
         with open(os.path.join(self.tmp, LAYOUT_FILE), "w") as f:
             json.dump({"layout": layout_spec(self.layout)}, f)
-        old = None
+        os.unlink(os.path.join(self.tmp, WRITING))
+        with open(os.path.join(self.tmp, MARKER), "w") as f:
+            json.dump({"files": sorted(os.listdir(self.tmp))}, f)
+        for name in os.listdir(self.tmp):  # durable before the rename makes them the dataset
+            with open(os.path.join(self.tmp, name), "rb") as f:
+                os.fsync(f.fileno())
+        check_output_dir(self.out_dir)  # nothing foreign arrived while we worked
+        parent = os.path.dirname(self.out_dir)
         if os.path.exists(self.out_dir):
-            old = tempfile.mkdtemp(prefix=f".{os.path.basename(self.out_dir)}.old-", dir=os.path.dirname(self.out_dir))
-            os.rmdir(old)
-            os.rename(self.out_dir, old)
-        os.rename(self.tmp, self.out_dir)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+            os.rename(self.out_dir, os.path.join(self.tmp, REPLACED))  # the earlier output, inside ours
+            os.rename(self.tmp, self.out_dir)
+            _remove_replaced(self.out_dir)
+        else:
+            os.rename(self.tmp, self.out_dir)
+        fsync_dir(parent)
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
-from scdfast.compat import load_official_downstream, read_checkpoint, strict_load
+from scdfast.compat import load_official_downstream, read_checkpoint, require_fields, strict_load
 from scdfast.config import SCDConfig, from_dict, to_dict
 from scdfast.errors import ScdError
 from scdfast.models import DownstreamEncoder
@@ -49,6 +49,8 @@ def load_encoder(path: str, num_classes: int) -> EncoderSource:
     path = resolve_checkpoint(path)
     payload = read_checkpoint(path)
     kind = payload.get("format") if isinstance(payload, dict) else None
+    if kind in (PRETRAIN_FORMAT, DOWNSTREAM_FORMAT):
+        require_fields(payload, ("model_config", "model"), path, f"scdfast {kind}")
     if kind == PRETRAIN_FORMAT:
         config = from_dict(SCDConfig, payload["model_config"])
         model = DownstreamEncoder(config, num_classes)
@@ -60,6 +62,8 @@ def load_encoder(path: str, num_classes: int) -> EncoderSource:
                              _file_identity(path), path, payload.get("data"))
     if kind == DOWNSTREAM_FORMAT:
         config = from_dict(SCDConfig, payload["model_config"])
+        if "fc.weight" not in payload["model"]:
+            raise ScdError(f"checkpoint {path}: a downstream checkpoint without its classifier (fc.weight)")
         classes = payload["model"]["fc.weight"].shape[0]
         if classes != num_classes:
             raise ScdError(f"checkpoint {path}: its classifier has {classes} classes, the dataset has {num_classes}")

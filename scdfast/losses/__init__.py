@@ -13,25 +13,38 @@ from scdfast.losses import reference
 BACKENDS = ("auto", "torch", "triton")
 
 
-def _resolve_backend(backend: str, *tensors: torch.Tensor) -> str:
-    if backend not in BACKENDS:
-        raise ScdError(f"backend={backend!r}: choose one of {', '.join(BACKENDS)}")
-    max_width = _triton_max_width()
-    if backend == "auto":
-        fits = max_width is not None and tensors[0].shape[1] <= max_width
-        return "triton" if fits and all(t.is_cuda for t in tensors) else "torch"
-    if backend == "triton" and max_width is None:
-        raise ScdError("backend='triton': the Triton kernels are not installed (scdfast.kernels)")
-    return backend
-
-
-def _triton_max_width() -> int | None:
-    """The kernels' widest embedding, or None where Triton cannot be imported."""
+def _kernels():
+    """scdfast.kernels.infonce, or None where Triton cannot be imported."""
     try:
-        from scdfast.kernels.infonce import MAX_WIDTH
+        from scdfast.kernels import infonce
     except ImportError:
         return None
-    return MAX_WIDTH
+    return infonce
+
+
+def _resolve_backend(backend: str, precision: str, *tensors: torch.Tensor) -> str:
+    """"auto" takes the kernels only where they compute what was asked (CUDA tensors of a dtype
+    and width they take; never float64 through fp32 kernels); "triton" insists, except on a
+    width beyond the kernels, which runs the reference with one warning."""
+    if backend not in BACKENDS:
+        raise ScdError(f"backend={backend!r}: choose one of {', '.join(BACKENDS)}")
+    kernels = _kernels()
+    if kernels is not None and precision not in kernels.PRECISIONS:
+        raise ScdError(f"precision={precision!r}: choose one of {', '.join(kernels.PRECISIONS)}")
+    if backend == "torch":
+        return backend
+    if backend == "auto":
+        if kernels is None:
+            return "torch"
+        takes = all(t.is_cuda and t.dtype in kernels.DTYPES for t in tensors)
+        return "triton" if takes and kernels.fits(tensors[0].shape[1], precision) else "torch"
+    if kernels is None:
+        raise ScdError("backend='triton': the Triton kernels are not installed (scdfast.kernels)")
+    kernels.check_dtypes(*tensors)
+    if not kernels.fits(tensors[0].shape[1], precision):
+        kernels.warn_too_wide(tensors[0].shape[1], precision)
+        return "torch"
+    return backend
 
 
 def _check_temperature(temperature: float) -> None:
@@ -62,9 +75,11 @@ def _check_pair(name_a: str, a: torch.Tensor, name_b: str, b: torch.Tensor, temp
 
 
 def _check_finite(**tensors: torch.Tensor) -> None:
-    for name, t in tensors.items():
-        if not bool(torch.isfinite(t).all()):
-            raise ScdError(f"{name}: contains NaN or Inf")
+    """One device read for all the tensors; the names are looked up only on failure."""
+    finite = torch.stack([torch.isfinite(t).all() for t in tensors.values()])
+    if not bool(finite.all()):
+        bad = next(name for name, ok in zip(tensors, finite.tolist()) if not ok)
+        raise ScdError(f"{bad}: contains NaN or Inf")
 
 
 def _check_ids(query_ids: torch.Tensor | None, queue_ids: torch.Tensor | None, n: int, k: int) -> None:
@@ -78,13 +93,17 @@ def _check_ids(query_ids: torch.Tensor | None, queue_ids: torch.Tensor | None, n
 
 def infonce(q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor, temperature: float = 0.2,
             query_ids: torch.Tensor | None = None, queue_ids: torch.Tensor | None = None,
-            backend: str = "auto", normalize: bool = False, check_finite: bool = True) -> torch.Tensor:
+            backend: str = "auto", normalize: bool = False, check_finite: bool = True,
+            precision: str = "tf32") -> torch.Tensor:
     """MoCo InfoNCE, mean over the N queries.
 
     q, k: (N, D) queries and their positive keys; queue: (K, D) negatives. With ids, a
     negative whose id equals its query's id is left out (a sample's own older key).
     `normalize=True` L2-normalises q and k inside. `check_finite` reads a flag from the
     device (one sync); turn it off in a throughput loop that guards the loss itself.
+    `precision` is the fused kernels' for fp32 inputs: "tf32" (tensor cores, about 1e-3
+    relative error) or "ieee" (exact fp32 products on the FMA units, D <= 128; wider runs
+    the reference); bf16 inputs always take bf16 products.
     """
     _check_matrix("q", q)
     _check_matrix("k", k, q.shape[1])
@@ -95,35 +114,35 @@ def infonce(q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor, temperature: 
     _check_ids(query_ids, queue_ids, q.shape[0], queue.shape[0])
     if check_finite:
         _check_finite(q=q, k=k, queue=queue)
-    if _resolve_backend(backend, q, k, queue) == "triton":
-        from scdfast.kernels.infonce import fused_infonce
-        return fused_infonce(q, k, queue, temperature, query_ids, queue_ids, normalize)
+    if _resolve_backend(backend, precision, q, k, queue) == "triton":
+        from scdfast.kernels.ops import fused_infonce
+        return fused_infonce(q, k, queue, temperature, query_ids, queue_ids, normalize, precision)
     return reference.infonce_ref(q, k, queue, temperature, query_ids, queue_ids, normalize)
 
 
 def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.5, backend: str = "auto",
-            normalize: bool = False, check_finite: bool = True) -> torch.Tensor:
+            normalize: bool = False, check_finite: bool = True, precision: str = "tf32") -> torch.Tensor:
     """SimCLR's NT-Xent over the 2N views of (z1, z2), each (N, D)."""
     _check_pair("z1", z1, "z2", z2, temperature, check_finite)
-    if _resolve_backend(backend, z1, z2) == "triton":
-        from scdfast.kernels.infonce import fused_nt_xent
-        return fused_nt_xent(z1, z2, temperature, normalize)
+    if _resolve_backend(backend, precision, z1, z2) == "triton":
+        from scdfast.kernels.ops import fused_nt_xent
+        return fused_nt_xent(z1, z2, temperature, normalize, precision)
     return reference.nt_xent_ref(z1, z2, temperature, normalize)
 
 
 def clip_loss(a: torch.Tensor, b: torch.Tensor, temperature: float = 0.07, backend: str = "auto",
-              normalize: bool = False, check_finite: bool = True) -> torch.Tensor:
+              normalize: bool = False, check_finite: bool = True, precision: str = "tf32") -> torch.Tensor:
     """CLIP's symmetric cross-entropy over N matched pairs (a_i, b_i)."""
     _check_pair("a", a, "b", b, temperature, check_finite)
-    if _resolve_backend(backend, a, b) == "triton":
-        from scdfast.kernels.infonce import fused_clip
-        return fused_clip(a, b, temperature, normalize)
+    if _resolve_backend(backend, precision, a, b) == "triton":
+        from scdfast.kernels.ops import fused_clip
+        return fused_clip(a, b, temperature, normalize, precision)
     return reference.clip_ref(a, b, temperature, normalize)
 
 
 def scd_loss(queries, keys, queues, temperature: float = 0.2, backend: str = "auto",
              normalize: bool = False, check_finite: bool = True, query_ids: torch.Tensor | None = None,
-             queue_ids: torch.Tensor | None = None) -> torch.Tensor:
+             queue_ids: torch.Tensor | None = None, precision: str = "tf32") -> torch.Tensor:
     """SCD-Net's four-term interactive InfoNCE.
 
     queries (qt, qs, qi), keys (kt, ks, ki): (N, D) each, L2-normalised unless `normalize`;
@@ -151,9 +170,12 @@ def scd_loss(queries, keys, queues, temperature: float = 0.2, backend: str = "au
     if check_finite:
         _check_finite(**dict(zip(("qt", "qs", "qi", "kt", "ks", "ki"), (*queries, *keys))),
                       **dict(zip(("temporal_queue", "spatial_queue", "instance_queue"), queues)))
-    if _resolve_backend(backend, *queries, *keys, *queues) == "triton":
-        from scdfast.kernels.infonce import fused_scd_loss
-        return fused_scd_loss(queries, keys, queues, temperature, normalize, query_ids, queue_ids)
+    if _resolve_backend(backend, precision, *queries, *keys, *queues) == "triton":
+        from scdfast.kernels.ops import fused_infonce, fused_scd_loss, one_launch_fits
+        if one_launch_fits(keys, queues):
+            return fused_scd_loss(queries, keys, queues, temperature, normalize, query_ids, queue_ids, precision)
+        return sum(fused_infonce(q, k, queue, temperature, query_ids, queue_ids, normalize, precision)
+                   for q, k, queue in reference.scd_terms(queries, keys, queues))
     return reference.scd_loss_ref(queries, keys, queues, temperature, normalize, query_ids, queue_ids)
 
 

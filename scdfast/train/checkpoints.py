@@ -13,7 +13,6 @@ import tempfile
 
 import torch
 
-from scdfast.errors import ScdError
 from scdfast.train.rundir import save_checkpoint
 
 _STEP_FILE = re.compile(r"^step-(\d+)\.pt$")
@@ -70,11 +69,7 @@ class CheckpointKeeper:
 
     @staticmethod
     def _write(state: dict, path: str) -> None:
-        try:
-            save_checkpoint(state, path)
-        except OSError as exc:  # a full disk, say: the temporary file is gone, the old ones intact
-            raise ScdError(f"could not write checkpoint {path}: {exc.strerror or exc}; "
-                           f"earlier checkpoints are intact") from exc
+        save_checkpoint(state, path)  # a failed write is a one-line ScdError; earlier files intact
 
     def _point_last_at(self, path: str) -> None:
         fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=self.directory)

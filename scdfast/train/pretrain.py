@@ -17,9 +17,10 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
-from scdfast.compat import read_checkpoint
+from scdfast.compat import read_checkpoint, require_fields
 from scdfast.config import PretrainConfig, SCDConfig, step_lr, to_dict
 from scdfast.data import SkeletonSet
+from scdfast.data.dataset import dataset_identity
 from scdfast.errors import ScdError
 from scdfast.models import SCDNet
 from scdfast.train.checkpoints import (
@@ -123,6 +124,8 @@ def load_resume_state(run_dir: str) -> dict:
     state = read_checkpoint(path)
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise ScdError(f"--resume {run_dir}: {path} is not an scdfast pretraining checkpoint")
+    require_fields(state, ("model_config", "pretrain_config", "step", "model", "optimizer", "random"), path,
+                   CHECKPOINT_FORMAT)
     return state
 
 
@@ -137,13 +140,31 @@ def _fill_queues(run_step: PretrainStep, views: ViewSource, model_config: SCDCon
         run_step.enqueue_keys(key_view, views.samples(index, shard) if config.exclude_own_keys else None)
 
 
+def _check_same_dataset(resume: dict, identity: dict) -> None:
+    """A resumed run reads the dataset it started on (path, shapes and a fingerprint)."""
+    saved = resume.get("dataset")
+    if saved is None:
+        return  # a checkpoint from before identities were recorded
+    for field in ("samples", "shape", "fingerprint"):
+        if saved.get(field) != identity.get(field):
+            raise ScdError(f"--resume: the dataset {identity['data']} differs from the one the run started on "
+                           f"({field} {saved.get(field)} then, {identity.get(field)} now)")
+
+
 def pretrain(model_config: SCDConfig, config: PretrainConfig, train: SkeletonSet, run_dir: str,
              device: torch.device, progress: bool = True, resume: dict | None = None,
-             data: str = "synthetic") -> PretrainResult:
+             data: str = "synthetic") -> PretrainResult | None:
     """Pretrain, or with `resume` (from load_resume_state) continue exactly where that
-    checkpoint stopped: the same data order, views, dropout and optimiser state follow."""
+    checkpoint stopped: the same data order, views, dropout and optimiser state follow, and
+    the epoch's running loss, so metrics.csv and best.pt equal an uninterrupted run's. Resuming
+    a finished run does nothing and returns None."""
     steps_per_epoch = _check_sizes(model_config, config, train)
     total = steps_per_epoch * config.epochs
+    identity = dataset_identity(train, data)
+    if resume is not None:
+        _check_same_dataset(resume, identity)
+        if resume["step"] >= total:
+            return None
     distributed = Distributed.from_env(device.type)
     if distributed is not None and device.type == "cuda":
         device = torch.device("cuda", distributed.local_rank)
@@ -161,7 +182,7 @@ def pretrain(model_config: SCDConfig, config: PretrainConfig, train: SkeletonSet
     run_step = PretrainStep(model, optimizer, device, config.compile, config.precision, distributed, bn,
                             seed=config.seed, exclude_own_keys=config.exclude_own_keys)
     keeper = CheckpointKeeper(os.path.join(run_dir, "checkpoints"), config.keep_last, enabled=main_process)
-    step, best = 0, math.inf
+    step, best, resumed_epoch_sum = 0, math.inf, None
     if resume is not None:
         model.load_state_dict(resume["model"])
         if resume.get("queue_ids") is not None:
@@ -171,6 +192,8 @@ def pretrain(model_config: SCDConfig, config: PretrainConfig, train: SkeletonSet
         if resume.get("reference_rng") is not None and config.augment == "reference":
             views.rng.bit_generator.state = resume["reference_rng"]
         step, best = resume["step"], resume.get("best_loss", math.inf)
+        if step % steps_per_epoch and resume.get("epoch_sum") is not None:  # stopped mid-epoch
+            resumed_epoch_sum = resume["epoch_sum"].to(device)
         _truncate_csv(os.path.join(run_dir, "steps.csv"), "step", step)
         _truncate_csv(os.path.join(run_dir, "metrics.csv"), "step", step)
     else:
@@ -178,8 +201,8 @@ def pretrain(model_config: SCDConfig, config: PretrainConfig, train: SkeletonSet
             _fill_queues(run_step, views, model_config, config, len(train), shard, progress and main_process)
         if main_process:
             save_json({"command": "pretrain", "data": data, "model": to_dict(model_config),
-                       "pretrain": to_dict(config), "device": str(device), "train_samples": len(train)},
-                      os.path.join(run_dir, "config.json"))
+                       "pretrain": to_dict(config), "device": str(device), "train_samples": len(train),
+                       "dataset": identity}, os.path.join(run_dir, "config.json"))
     metrics = MetricsCSV(os.path.join(run_dir, "metrics.csv"), METRIC_FIELDS, enabled=main_process)
     board = _tensorboard(run_dir) if main_process else None
     step_log = MetricsCSV(os.path.join(run_dir, "steps.csv"), ["step", "loss"], enabled=main_process)
@@ -189,8 +212,11 @@ def pretrain(model_config: SCDConfig, config: PretrainConfig, train: SkeletonSet
                 "pretrain_config": to_dict(config), "data": data, "epoch": step // steps_per_epoch,
                 "step": step, "model": model.state_dict(), "optimizer": optimizer.state_dict(), "random": random_states(),
                 "reference_rng": views.rng.bit_generator.state if config.augment == "reference" else None,
-                "best_loss": best, "epoch_loss": epoch_loss, "queue_ids": model.queue_ids}
+                "best_loss": best, "epoch_loss": epoch_loss, "queue_ids": model.queue_ids, "dataset": identity,
+                # the epoch's running sum, so that a resumed epoch's loss counts every step
+                "epoch_sum": epoch_sum.detach().cpu().clone() if epoch_sum is not None else None}
 
+    epoch_sum = None
     first_step, data_total, compute_total = step, 0.0, 0.0
     timer, flops_per_step = PhaseTimer(device), None
     bar = tqdm(total=total, initial=step, desc="pretrain", unit="step", disable=not (progress and main_process),
@@ -204,7 +230,8 @@ def pretrain(model_config: SCDConfig, config: PretrainConfig, train: SkeletonSet
                     group["lr"] = lr_at(config, epoch)
                 order = epoch_order(config.seed, epoch, len(train))
                 first = step - epoch * steps_per_epoch
-                epoch_sum = torch.zeros((), device=device)
+                epoch_sum = torch.zeros((), device=device) if first == 0 or resumed_epoch_sum is None \
+                    else resumed_epoch_sum
                 interval_sum = torch.zeros((), device=device)
                 pending = 0  # steps in interval_sum
                 data_s = compute_s = 0.0
@@ -241,8 +268,9 @@ def pretrain(model_config: SCDConfig, config: PretrainConfig, train: SkeletonSet
                         interval_sum.zero_()
                         pending = 0
                         if not math.isfinite(loss_value):
+                            good = keeper.last if os.path.exists(keeper.last) else "none (none was written yet)"
                             raise ScdError(f"pretrain: the loss became non-finite by step {step} (epoch {epoch}); "
-                                           f"the last good checkpoint is {keeper.last}")
+                                           f"the last good checkpoint: {good}")
                         step_log.write(step=step, loss=repr(loss_value))
                         if board is not None:
                             board.add_scalar("loss/step", loss_value, step)
@@ -255,7 +283,9 @@ def pretrain(model_config: SCDConfig, config: PretrainConfig, train: SkeletonSet
                         raise Interrupted(stop.received, step, keeper.last)
                 if distributed is not None:
                     epoch_sum = distributed.mean(epoch_sum)
-                epoch_loss = epoch_sum.item() / (steps_per_epoch - first)
+                counted = steps_per_epoch if resumed_epoch_sum is not None or first == 0 else steps_per_epoch - first
+                epoch_loss = epoch_sum.item() / counted
+                resumed_epoch_sum = None
                 elapsed = time.perf_counter() - epoch_start
                 if board is not None:
                     board.add_scalar("loss/epoch", epoch_loss, step)

@@ -1,10 +1,21 @@
-"""The run directory: resolved config, metrics CSV and checkpoints, written so that a crash
-never leaves a half-written file in place of a good one (temporary file, fsync, rename)."""
+"""The run directory: resolved config, metrics CSV and checkpoints.
+
+Written so that nothing already there is damaged: every file goes through a temporary file,
+fsync and rename (and the directory is fsynced after it), so a crash or a full disk never
+leaves a half-written file in place of a good one, and a write that fails is one line naming
+the file and the free space. One process writes a run at a time (an advisory lock the OS
+releases on any exit). A new run refuses a directory that holds a run unless told to
+overwrite it, and then removes only the files scdfast writes there.
+"""
 from __future__ import annotations
 
 import csv
+import errno
+import fcntl
+import fnmatch
 import json
 import os
+import shutil
 import tempfile
 import time
 from collections.abc import Callable
@@ -13,26 +24,57 @@ from typing import Any
 import torch
 
 from scdfast.errors import ScdError
+from scdfast.fileio import current_umask, fsync_dir
 
-_UMASK = os.umask(0)
-os.umask(_UMASK)
+LOCK_FILE = ".lock"
+# What scdfast writes in a run directory (pretraining and protocols); --overwrite removes these only.
+RUN_FILES = ("config.json", "metrics.csv", "steps.csv", "report.json", "curves.png", "results.json", "results.md",
+             "scores.npz", "confusion-*.png", "embedding-*.png", ".tmp-*", LOCK_FILE)
+RUN_SUBDIRS = {"checkpoints": ("step-*.pt", "best.pt", "last.pt", "*-joint.pt", "*-motion.pt", "*-bone.pt", ".tmp-*"),
+               "tensorboard": ("events.out.tfevents.*",)}
+RUN_EVIDENCE = ("config.json", "results.json", "report.json", "metrics.csv", "steps.csv")
+
+
+def write_error(path: str, exc: BaseException) -> ScdError:
+    """One line for a failed write: the file, the reason and the free space there."""
+    directory = os.path.dirname(os.path.abspath(path))
+    try:
+        free_bytes = shutil.disk_usage(directory).free
+        free = f"{free_bytes / 2**20:.1f} MiB free there"
+    except OSError:
+        free_bytes, free = None, "free space unknown"
+    if isinstance(exc, OSError) and exc.strerror:
+        reason = exc.strerror
+    elif free_bytes is not None and free_bytes < 2**24:  # torch's zip writer hides ENOSPC in a RuntimeError
+        reason = "the disk is full"
+    else:
+        reason = str(exc).strip().splitlines()[0][:200]
+    return ScdError(f"could not write {path}: {reason} ({free}); the files written before it are intact")
 
 
 def atomic_write(path: str, write: Callable[[Any], None], mode: str = "wb") -> None:
+    """Write `path` whole or not at all. An OS error (ENOSPC, EIO, ...) or torch's zip writer's
+    RuntimeError around one becomes a one-line ScdError; the previous file stays."""
     directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
-    os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file ordinary permissions
+    tmp = None
     try:
+        os.makedirs(directory, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
+        os.fchmod(fd, 0o666 & ~current_umask())  # mkstemp makes 0600; give the file ordinary permissions
         with os.fdopen(fd, mode) as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
+        tmp = None
+        fsync_dir(directory)
+    except (OSError, RuntimeError) as exc:
+        if isinstance(exc, RuntimeError) and "inline_container" not in str(exc) and "write" not in str(exc).lower():
+            raise  # not a write failure: a bug keeps its traceback
+        raise write_error(path, exc) from exc
+    finally:
+        if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
-        raise
 
 
 def save_checkpoint(obj: dict, path: str) -> None:
@@ -43,14 +85,117 @@ def save_json(obj: dict, path: str) -> None:
     atomic_write(path, lambda f: json.dump(obj, f, indent=2, sort_keys=True), mode="w")
 
 
-def prepare_run_dir(run_dir: str | None, command: str) -> str:
-    """Create (or reuse) the run directory; default runs/<command>-<timestamp>."""
-    if run_dir is None:
-        run_dir = os.path.join("runs", f"{command}-{time.strftime('%Y%m%d-%H%M%S')}")
-    if os.path.exists(run_dir) and not os.path.isdir(run_dir):
-        raise ScdError(f"--run-dir {run_dir}: exists and is not a directory")
-    os.makedirs(os.path.join(run_dir, "checkpoints"), exist_ok=True)
-    return run_dir
+def holds_run(run_dir: str) -> bool:
+    if any(os.path.exists(os.path.join(run_dir, name)) for name in RUN_EVIDENCE):
+        return True
+    checkpoints = os.path.join(run_dir, "checkpoints")
+    return os.path.isdir(checkpoints) and any(n.endswith(".pt") for n in os.listdir(checkpoints))
+
+
+def _ours(name: str, patterns) -> bool:
+    return any(fnmatch.fnmatchcase(name, p) for p in patterns)
+
+
+def clear_run(run_dir: str) -> list[str]:
+    """Remove the files scdfast writes in a run directory (and its subfolders once empty);
+    everything else stays. Returns what was removed."""
+    removed = []
+    for name in os.listdir(run_dir):
+        path = os.path.join(run_dir, name)
+        if name in RUN_SUBDIRS and os.path.isdir(path):
+            for inner in os.listdir(path):
+                if _ours(inner, RUN_SUBDIRS[name]) and os.path.isfile(os.path.join(path, inner)):
+                    os.unlink(os.path.join(path, inner))
+                    removed.append(os.path.join(path, inner))
+            if not os.listdir(path):
+                os.rmdir(path)
+        elif name != LOCK_FILE and _ours(name, RUN_FILES) and os.path.isfile(path):
+            os.unlink(path)
+            removed.append(path)
+    return removed
+
+
+def remove_stale_temporaries(run_dir: str) -> None:
+    """Temporary files of writes a kill interrupted (only a locked run's own, so none in use)."""
+    for folder in (run_dir, os.path.join(run_dir, "checkpoints")):
+        if os.path.isdir(folder):
+            for name in os.listdir(folder):
+                if name.startswith(".tmp-") and os.path.isfile(os.path.join(folder, name)):
+                    os.unlink(os.path.join(folder, name))
+
+
+_LOCKS: dict[str, int] = {}
+
+
+def lock_run_dir(run_dir: str) -> None:
+    """Hold run_dir's advisory lock for the rest of this process (the OS releases it on any
+    exit, a kill included); a second writer gets a one-line error."""
+    key = os.path.realpath(run_dir)
+    if key in _LOCKS:
+        return
+    path = os.path.join(run_dir, LOCK_FILE)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666 & ~current_umask())
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        owner = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        if exc.errno in (errno.EAGAIN, errno.EACCES):
+            raise ScdError(f"--run-dir {run_dir}: another scdfast process (pid {owner}) is writing it; "
+                           "wait for it or choose another directory") from None
+        raise
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    _LOCKS[key] = fd
+    remove_stale_temporaries(run_dir)
+
+
+def release_run_dir(run_dir: str) -> None:
+    fd = _LOCKS.pop(os.path.realpath(run_dir), None)
+    if fd is not None:
+        os.close(fd)
+
+
+class RunDir:
+    """The run directory of one command: made (or, with `overwrite`, cleared of scdfast's
+    files) and locked on entry; a directory this command made and left with nothing in it
+    (the command was refused) is removed on exit.
+
+        with RunDir(args.run_dir, "pretrain", overwrite=args.overwrite) as run_dir: ...
+    """
+
+    def __init__(self, run_dir: str | None, command: str, overwrite: bool = False, resume: bool = False):
+        if run_dir is None:
+            run_dir = os.path.join("runs", f"{command}-{time.strftime('%Y%m%d-%H%M%S')}")
+        self.path, self.overwrite, self.resume = run_dir, overwrite, resume
+        self.created = False
+
+    def __enter__(self) -> str:
+        run_dir = self.path
+        if int(os.environ.get("RANK", "0")) != 0:  # torchrun: rank 0 owns, checks and locks the directory
+            return run_dir
+        if os.path.exists(run_dir) and not os.path.isdir(run_dir):
+            raise ScdError(f"--run-dir {run_dir}: exists and is not a directory")
+        self.created = not os.path.exists(run_dir)
+        os.makedirs(run_dir, exist_ok=True)
+        lock_run_dir(run_dir)
+        if not self.resume and holds_run(run_dir):
+            if not self.overwrite:
+                release_run_dir(run_dir)
+                raise ScdError(f"--run-dir {run_dir}: holds an earlier run; continue it with --resume {run_dir} "
+                               "(pretrain), choose another directory, or pass --overwrite to replace its scdfast files")
+            clear_run(run_dir)
+        os.makedirs(os.path.join(run_dir, "checkpoints"), exist_ok=True)
+        return run_dir
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if int(os.environ.get("RANK", "0")) != 0:
+            return
+        release_run_dir(self.path)
+        if exc_type is not None and self.created and not holds_run(self.path):
+            clear_run(self.path)
+            if os.path.isdir(self.path) and not [n for n in os.listdir(self.path) if n != LOCK_FILE]:
+                shutil.rmtree(self.path)
 
 
 class MetricsCSV:
@@ -69,8 +214,11 @@ class MetricsCSV:
 
     def write(self, **row) -> None:
         if self.enabled:
-            self._writer.writerow(row)
-            self._file.flush()
+            try:
+                self._writer.writerow(row)
+                self._file.flush()
+            except OSError as exc:
+                raise write_error(self.path, exc) from exc
 
     def close(self) -> None:
         if self.enabled:
