@@ -6,6 +6,7 @@ error (ScdError, a missing file) prints one line and exits with status 2.
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import sys
@@ -53,6 +54,9 @@ def _protocol_common(parser: argparse.ArgumentParser, random_init: bool = True) 
                              "(default: the stream it was pretrained on). Two or more streams add the ensemble "
                              "row (summed class scores)")
     parser.add_argument("--no-figures", action="store_true", help="skip the confusion-matrix and embedding PNGs")
+    parser.add_argument("--num-classes", type=int,
+                        help="the dataset's class count (default: max label + 1, which both splits must agree on; "
+                             "give it for a subset whose splits miss the highest classes)")
     parser.add_argument("--embedding", choices=("pca", "tsne"), default="pca",
                         help="the 2-D projection of test features in embedding-*.png (default pca)")
 
@@ -289,9 +293,6 @@ def _run_pretrain(args: argparse.Namespace) -> None:
     print(f"throughput: {result.report()}")
 
 
-PROTOCOL_COMMANDS = ("linear", "knn", "semi", "finetune", "transfer")
-
-
 def _run_protocol(args: argparse.Namespace) -> None:
     from scdfast.config import FinetuneConfig
     from scdfast.evaluation.features import default_cache_dir
@@ -322,7 +323,7 @@ def _run_protocol(args: argparse.Namespace) -> None:
             protocol=command, data=_data_source(args.data), run_dir=run_dir, device=device, preset=args.preset,
             checkpoints=tuple(args.checkpoint or ()), random_init=getattr(args, "random_init", False),
             random_baseline=args.random_baseline, streams=args.streams, seed=args.seed, embedding=args.embedding,
-            figures=not args.no_figures, progress=not args.no_progress, **options))
+            figures=not args.no_figures, num_classes=args.num_classes, progress=not args.no_progress, **options))
 
 
 def _run_report(args: argparse.Namespace) -> None:
@@ -368,6 +369,9 @@ def _run_doctor(args: argparse.Namespace) -> int:
     from scdfast.doctor import print_report, run_in_child
     from scdfast.train.rundir import atomic_write
 
+    targets = ", ".join(f"sm_{t}" for t in args.targets)
+    print(f"compiling every GPU kernel configuration for {targets} (about 5 minutes on 2 cores for both)...",
+          flush=True)
     report = run_in_child(args.targets, args.jobs)
     if args.json:
         atomic_write(args.json, lambda f: json.dump(report, f, indent=1), mode="w")
@@ -391,6 +395,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"scdfast {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR
     except OSError as exc:  # the machine's, not a bug: a full disk, an I/O error, a read-only folder
+        if exc.filename and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            from scdfast.train.rundir import write_error
+            exc = write_error(exc.filename, exc)
         print(f"scdfast {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:

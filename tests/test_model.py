@@ -105,3 +105,19 @@ def test_momentum_update_is_an_ema():
 def test_bad_config_is_named(field, value):
     with pytest.raises(ScdError, match=field):
         SCDConfig.tiny(**{field: value})
+
+
+def test_a_backbone_for_the_wrong_joint_count_is_a_user_error():
+    with pytest.raises(ScdError, match="layout ntu25 has 25 joints, config asks 20"):
+        CTRGCN(base_channels=8, num_joints=20)
+
+
+def test_clues_are_fp32_unit_vectors_under_bf16_autocast():
+    """The model's encoders and the training step normalise the same way (one helper)."""
+    model = SCDNet(SCDConfig.tiny(queue_size=16))
+    x = torch.randn(2, 3, model.config.window, 25, 2)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        clues = model.encode_queries(x) + model.encode_keys(x)
+    for z in clues:
+        assert z.dtype == torch.float32
+        torch.testing.assert_close(z.norm(dim=1), torch.ones(2))

@@ -139,6 +139,19 @@ def test_float_labels_are_refused_not_truncated(tmp_path, capsys):
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize("extra,message", [
+    ([], "the training split's go up to 1000 and the test split's to 2"),
+    (["--num-classes", "3"], "the training split has label 1000, outside [0, 3) of --num-classes 3"),
+])
+def test_a_stray_label_cannot_size_the_classifier(extra, message, tmp_path, capsys):
+    data = write_synthetic_dataset(_folder(tmp_path / "data"), samples=16, max_frames=64)
+    with open(data / "train_label.pkl", "wb") as f:
+        pickle.dump(([f"s{i}" for i in range(16)], [0, 1, 2] * 5 + [1000]), f)
+    refused(capsys, ["linear", "--preset", "tiny", "--data", str(data), "--random-init", "--device", "cpu",
+                     "--run-dir", str(tmp_path / "run"), "--no-progress", "--no-feature-cache", *extra], message)
+    assert not (tmp_path / "run").exists()
+
+
 def test_all_zero_data_is_warned_about(tmp_path):
     from scdfast.data import load_dataset
     data = write_synthetic_dataset(_folder(tmp_path / "data"), samples=8, max_frames=64)
@@ -149,12 +162,15 @@ def test_all_zero_data_is_warned_about(tmp_path):
 
 
 @pytest.mark.parametrize("edges,message", [([[0, 0], [2, 1]], "joins a joint to itself"),
-                                           ([[1, 2], [2, 1], [3, 0]], "cycle")])
-def test_a_layout_that_is_not_a_tree_is_refused(edges, message):
-    from scdfast.data.layouts import SkeletonLayout
-    with pytest.raises(ScdError, match=message):
-        SkeletonLayout(name="bad", num_joints=4, edges=tuple(map(tuple, edges)), flip=(0, 1, 2, 3), center=0,
-                       align_vertical=(0, 1), align_horizontal=(2, 3))
+                                           ([[1, 2], [2, 1], [3, 0]], "cycle through joint")])
+def test_a_layout_that_is_not_a_tree_is_refused(edges, message, tmp_path, capsys):
+    data = write_synthetic_dataset(_folder(tmp_path / "data"), samples=16, max_frames=64)
+    (data / "skeleton.json").write_text(json.dumps({
+        "name": "bad", "num_joints": 25, "edges": edges, "flip": list(range(25)), "center": 0,
+        "align_vertical": [0, 1], "align_horizontal": [2, 3]}))
+    refused(capsys, ["pretrain", "--preset", "tiny", "--data", str(data), "--device", "cpu", "--no-progress",
+                     "--run-dir", str(tmp_path / "run")], message)
+    assert not (tmp_path / "run").exists()
 
 
 # ---- 3, 4. run directories: no silent overwrite, one writer -----------------------------------

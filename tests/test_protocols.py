@@ -96,7 +96,8 @@ def test_bad_input_gives_one_line_errors(dataset, tmp_path, capsys):
     with open(four / "val_label.pkl", "wb") as f:
         pickle.dump((names, [3] + labels[1:]), f)
     finetuned = tmp_path / "ft" / "checkpoints" / "pretrained-joint.pt"
-    cases.append((["linear", "--data", str(four), "--checkpoint", str(finetuned)], "its classifier has 3 classes"))
+    cases.append((["linear", "--data", str(four), "--checkpoint", str(finetuned), "--num-classes", "4"],
+                  "its classifier has 3 classes"))
     # another architecture: weights that do not fit the config stored beside them
     payload = torch.load(ntu_run / "checkpoints" / "last.pt", weights_only=True)
     payload["model_config"]["d_model"] = 64

@@ -27,19 +27,22 @@ from scdfast.errors import ScdError
 from scdfast.graph import structural_mask_scores
 
 
+Array = torch.Tensor | np.ndarray  # a CUDA or CPU tensor, or a NumPy array
+
+
 @dataclass
 class ViewPlan:
     """Every per-view parameter the render kernel needs; arrays with a leading view axis."""
 
-    start: object          # (B,) int32: first source frame of the crop
-    length: object         # (B,) int32: crop length L
-    degrees: object        # (B, 3) float32: rotation about x, y, z (zeros where not drawn)
-    shear: object          # (B, 6) float32: shear off-diagonals, row-major (zeros where not drawn)
-    matrix: object         # (B, 9) float32: shear @ Rz @ Ry @ Rx, row-major
-    flip: object           # (B,) uint8
-    seeds: object          # (B, 5) int32: the spatial mask's seed joints (drawn even when unused)
-    joint_mask: object     # (B, V) uint8: 1 = joint zeroed
-    segment_mask: object   # (B, 16) uint8: 1 = segment zeroed
+    start: Array           # (B,) int32: first source frame of the crop
+    length: Array          # (B,) int32: crop length L
+    degrees: Array         # (B, 3) float32: rotation about x, y, z (zeros where not drawn)
+    shear: Array           # (B, 6) float32: shear off-diagonals, row-major (zeros where not drawn)
+    matrix: Array          # (B, 9) float32: shear @ Rz @ Ry @ Rx, row-major
+    flip: Array            # (B,) uint8
+    seeds: Array           # (B, 5) int32: the spatial mask's seed joints (drawn even when unused)
+    joint_mask: Array      # (B, V) uint8: 1 = joint zeroed
+    segment_mask: Array    # (B, 16) uint8: 1 = segment zeroed
 
     def arrays(self) -> tuple:
         return tuple(getattr(self, f.name) for f in fields(self))

@@ -46,10 +46,3 @@ def make_uniform(jit):
         return float(z >> np.uint64(11)) * _TO_UNIT
 
     return uniform
-
-
-def uniform_host(key: np.uint64, view: int, slot: int) -> float:
-    """The same number in plain Python, for tests and host-side checks."""
-    z = _mix_int(int(key) ^ ((view * _VIEW_STRIDE) & _MASK64))
-    z = _mix_int(z ^ ((slot * _SLOT_STRIDE) & _MASK64))
-    return (z >> 11) * _TO_UNIT

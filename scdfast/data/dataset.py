@@ -116,8 +116,22 @@ def load_dataset(source: str, seed: int = 0) -> tuple[SkeletonSet, SkeletonSet]:
     return train, test
 
 
-def num_classes(*sets: SkeletonSet) -> int:
-    return int(max(int(s.labels.max()) for s in sets)) + 1
+def num_classes(train: SkeletonSet, test: SkeletonSet, stated: int | None = None) -> int:
+    """The class count: `stated` (--num-classes), every label below it; else max label + 1,
+    on which the two splits must agree, so that one stray label cannot size the classifier."""
+    if stated is not None:
+        if stated < 1:
+            raise ScdError(f"--num-classes {stated}: must be >= 1")
+        for name, split in (("training", train), ("test", test)):
+            if int(split.labels.max()) >= stated:
+                raise ScdError(f"labels: the {name} split has label {int(split.labels.max())}, "
+                               f"outside [0, {stated}) of --num-classes {stated}")
+        return stated
+    top_train, top_test = int(train.labels.max()), int(test.labels.max())
+    if top_train != top_test:
+        raise ScdError(f"labels: the training split's go up to {top_train} and the test split's to {top_test}, "
+                       "so the class count is unclear; give --num-classes N for a dataset of N classes")
+    return top_train + 1
 
 
 def dataset_identity(train: SkeletonSet, source: str) -> dict:

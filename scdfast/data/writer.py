@@ -185,7 +185,11 @@ class DatasetWriter:
         for name in os.listdir(self.tmp):  # durable before the rename makes them the dataset
             with open(os.path.join(self.tmp, name), "rb") as f:
                 os.fsync(f.fileno())
-        check_output_dir(self.out_dir)  # nothing foreign arrived while we worked
+        try:
+            check_output_dir(self.out_dir)  # nothing foreign arrived while we worked
+        except ScdError:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            raise
         parent = os.path.dirname(self.out_dir)
         if os.path.exists(self.out_dir):
             os.rename(self.out_dir, os.path.join(self.tmp, REPLACED))  # the earlier output, inside ours

@@ -55,6 +55,7 @@ class ProtocolRequest:
     embedding: str = "pca"
     figures: bool = True
     precision: str = "auto"
+    num_classes: int | None = None             # None: max label + 1, the same in both splits
     progress: bool = True
     log: object = field(default=print)
 
@@ -150,7 +151,7 @@ def run_protocol(r: ProtocolRequest) -> dict:
     """Evaluate, write results.json, results.md, scores.npz and the figures; return the report."""
     _check_request(r)
     train, test = load_dataset(r.data, seed=r.seed)
-    classes = num_classes(train, test)
+    classes = num_classes(train, test, r.num_classes)
     cache = FeatureCache(r.cache_dir)
     test_y = torch.from_numpy(test.labels)
     settings = _settings(r)

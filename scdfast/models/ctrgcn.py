@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from scdfast.data.layouts import NTU25, SkeletonLayout
+from scdfast.errors import ScdError
 from scdfast.graph import ctrgcn_adjacency
 
 
@@ -150,7 +151,7 @@ class CTRGCN(nn.Module):
         super().__init__()
         adjacency = torch.from_numpy(ctrgcn_adjacency(layout))
         if adjacency.shape[-1] != num_joints:
-            raise ValueError(f"layout {layout.name} has {adjacency.shape[-1]} joints, config asks {num_joints}")
+            raise ScdError(f"layout {layout.name} has {adjacency.shape[-1]} joints, config asks {num_joints}")
         self.data_bn = nn.BatchNorm1d(num_bodies * num_joints * in_channels)
         _init_bn(self.data_bn, 1.0)
         self.l1 = TCNGCNUnit(in_channels, base_channels, adjacency, residual=False)

@@ -17,6 +17,12 @@ from scdfast.models.encoder import PretrainingEncoder
 QUEUE_NAMES = ("temporal", "spatial", "instance")
 
 
+def unit_clues(projections) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The three projected clues L2-normalised in fp32 (under bf16 autocast too: the loss
+    and the queues take fp32 unit vectors)."""
+    return tuple(F.normalize(z.float(), dim=1) for z in projections)
+
+
 class SCDNet(nn.Module):
     def __init__(self, config: SCDConfig):
         super().__init__()
@@ -49,11 +55,11 @@ class SCDNet(nn.Module):
     @torch.no_grad()
     def encode_keys(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """L2-normalised (kt, ks, ki) from the key encoder."""
-        return tuple(F.normalize(z, dim=1) for z in self.key_encoder(x))
+        return unit_clues(self.key_encoder(x))
 
     def encode_queries(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """L2-normalised (qt, qs, qi) from the query encoder."""
-        return tuple(F.normalize(z, dim=1) for z in self.query_encoder(x))
+        return unit_clues(self.query_encoder(x))
 
     @torch.no_grad()
     def enqueue(self, keys: tuple[torch.Tensor, torch.Tensor, torch.Tensor], ids: torch.Tensor | None = None) -> None:

@@ -29,6 +29,7 @@ from scdfast.train.checkpoints import (
     restore_random_states,
 )
 from scdfast.train.distributed import Distributed
+from scdfast.train.distributed import shutdown as shutdown_process_group
 from scdfast.train.phases import PhaseTimer, peak_flops, step_flops
 from scdfast.train.plots import plot_curves
 from scdfast.train.rundir import MetricsCSV, atomic_write, save_json
@@ -309,6 +310,8 @@ def pretrain(model_config: SCDConfig, config: PretrainConfig, train: SkeletonSet
             board.close()
         if main_process:
             plot_curves(run_dir)  # also after a crash or a stop: the figure of what ran
+        if distributed is not None:
+            shutdown_process_group()
     seconds = time.perf_counter() - start
     achieved = (flops_per_step or 0) * (step - first_step) / max(seconds, 1e-9)
     peak = peak_flops(device)

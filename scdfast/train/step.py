@@ -9,12 +9,12 @@ from __future__ import annotations
 import contextlib
 
 import torch
-import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
 from scdfast.errors import ScdError
 from scdfast.losses import scd_loss
 from scdfast.models import SCDNet
+from scdfast.models.moco import unit_clues
 from scdfast.train.distributed import Distributed
 from scdfast.train.phases import PhaseTimer
 
@@ -77,7 +77,7 @@ class PretrainStep:
 
     def _encode_keys(self, view: torch.Tensor) -> tuple:
         with self._autocast():
-            return tuple(F.normalize(z.float(), dim=1) for z in self.key(view))
+            return unit_clues(self.key(view))
 
     @torch.no_grad()
     def enqueue_keys(self, key_view: torch.Tensor, ids: torch.Tensor | None = None) -> None:
@@ -112,7 +112,7 @@ class PretrainStep:
                 keys = self._encode_keys(key_view)
         with self._autocast():
             projections = self.query(query_view)
-        queries = tuple(F.normalize(z.float(), dim=1) for z in projections)
+        queries = unit_clues(projections)
         masked = self.exclude_own_keys
         loss = scd_loss(queries, keys, model.queues, model.config.temperature, check_finite=False,
                         query_ids=ids if masked else None, queue_ids=model.queue_ids if masked else None)
