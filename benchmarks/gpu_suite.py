@@ -8,8 +8,9 @@ DIR/results.json and DIR/results.md after every part:
 
   environment  GPU, driver, torch, triton, numba versions; the roofline figures used
   gpu_tests    the GPU tier of the test suite (kernels, augmentation, compile gate, step)
-  loss         MoCo InfoNCE from N x K = 64 x 8192 to 4096 x 65536 (D 128) and SCD-Net's four
-               terms: eager PyTorch, torch.compile and fused; forward, backward and both;
+  loss         MoCo InfoNCE from N x K = 64 x 8192 to 4096 x 65536 (D 128), SCD-Net's four
+               terms and SimCLR's NT-Xent at N 4096: eager PyTorch, torch.compile and fused;
+               forward, backward and both;
                median time, peak extra memory, achieved TFLOP/s and GB/s against the roofline
   augment      views/s of the batched augmentation on the GPU (4,096 views of 64 frames)
   pretrain     paper-preset samples/s at batch 64 and 256 (and an authors-like loop at 64),
@@ -167,9 +168,9 @@ def part_gpu_tests(suite: Suite) -> dict:
 def loss_cases(dry_run: bool):
     """(name, n, k, d) of the loss benchmark."""
     if dry_run:
-        return [("moco", 8, 64, 16), ("scd", 8, 64, 16)]
+        return [("moco", 8, 64, 16), ("scd", 8, 64, 16), ("ntxent", 8, 0, 16)]
     return [("moco", 64, 8192, 128), ("moco", 256, 16384, 128), ("moco", 1024, 65536, 128),
-            ("moco", 4096, 65536, 128), ("scd", 64, 8192, 128)]
+            ("moco", 4096, 65536, 128), ("scd", 64, 8192, 128), ("ntxent", 4096, 0, 128)]
 
 
 def _loss_providers(name, n, k, d, device):
@@ -177,8 +178,8 @@ def _loss_providers(name, n, k, d, device):
     import torch
     import torch.nn.functional as F
 
-    from scdfast.losses import infonce, scd_loss
-    from scdfast.losses.reference import infonce_ref, scd_loss_ref
+    from scdfast.losses import infonce, nt_xent, scd_loss
+    from scdfast.losses.reference import infonce_ref, nt_xent_ref, scd_loss_ref
 
     def unit(rows, grad=False):
         return F.normalize(torch.randn(rows, d, device=device), dim=1).requires_grad_(grad)
@@ -191,6 +192,16 @@ def _loss_providers(name, n, k, d, device):
         def fused(q):
             return infonce(q, pos, queue, 0.2, backend="triton", check_finite=False)
         inputs, flops, nbytes = [q], 4 * n * k * d, (k * d + 3 * n * d) * 4
+    elif name == "ntxent":  # SimCLR in-batch: 2N views, each against every other
+        inputs = [unit(n, True), unit(n, True)]
+
+        def eager(a, b):
+            return nt_xent_ref(a, b, 0.5)
+
+        def fused(a, b):
+            return nt_xent(a, b, 0.5, backend="triton", check_finite=False)
+        # logits (2N)^2 D, then dq and the columns pass: three products of 2 (2N)^2 D
+        flops, nbytes = 3 * 2 * (2 * n) ** 2 * d, 2 * 2 * n * d * 4
     else:
         queries, keys, queues = [unit(n, True) for _ in range(3)], [unit(n) for _ in range(3)], [unit(k) for _ in range(3)]
 

@@ -4,7 +4,7 @@
 
 On a CPU only the PyTorch reference runs (the Triton kernels there are the interpreter, a
 correctness tool); on a GPU the fused kernels run beside it. The GPU script
-benchmarks/loss_benchmark.py adds torch.compile, peak memory and the roofline.
+benchmarks/gpu_suite.py's loss part adds torch.compile, peak memory and the roofline.
 """
 import pytest
 import torch

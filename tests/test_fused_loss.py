@@ -50,7 +50,7 @@ def compare(fused_fn, ref_fn, inputs, precision, device, consts=()):
     finally:
         torch.backends.cuda.matmul.allow_tf32 = tf32
     ours_in = cast(inputs, dtype, device, True)
-    ours = _with_grads(lambda *t: fused_fn(*t), ours_in + cast(consts, dtype, device, False))
+    ours = _with_grads(fused_fn, ours_in + cast(consts, dtype, device, False))
     for t, g in zip(ours_in, ours[1:]):
         assert g.dtype == t.dtype and torch.isfinite(g.double()).all()
     errors = []
@@ -67,6 +67,8 @@ PRECISIONS = ["tf32", "ieee", "bf16"]
 @pytest.mark.parametrize("precision", PRECISIONS)
 @pytest.mark.parametrize("n,k,d", [(1, 1, 16), (7, 100, 16), (65, 1025, 16), (7, 100, 128), (5, 33, 200)])
 def test_infonce_queue(n, k, d, precision, device):
+    if precision == "ieee" and d > 128:
+        pytest.skip("the FMA kernels take D <= 128; the wider fallback is tested below")
     kernel_precision = "tf32" if precision == "bf16" else precision
     compare(lambda q, pos, queue: infonce(q, pos, queue, 0.2, backend="triton", precision=kernel_precision),
             lambda q, pos, queue: infonce_ref(q, pos, queue, 0.2), [unit(n, d)], precision, device,

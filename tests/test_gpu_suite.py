@@ -23,7 +23,7 @@ def test_dry_run_writes_every_part(tmp_path):
     assert all(p["status"] == "ok" for name, p in parts.items() if name != "ucla"), parts
     assert parts["ucla"]["status"] == ("ok" if ucla.is_dir() else "skipped")
     providers = {(r["case"], r["provider"]) for r in parts["loss"]["rows"]}
-    assert providers == {(c, p) for c in ("moco", "scd") for p in ("eager", "compiled", "fused")}
+    assert providers == {(c, p) for c in ("moco", "scd", "ntxent") for p in ("eager", "compiled", "fused")}
     assert all(r["both_ms"] > 0 for r in parts["loss"]["rows"])
     assert parts["augment"]["views_per_s"] > 0
     assert {r["batch"] for r in parts["pretrain"]["rows"]} == {8, 16}

@@ -8,6 +8,7 @@ import hashlib
 import json
 import os
 import pickle
+import shutil
 import subprocess
 import sys
 
@@ -17,7 +18,6 @@ import torch
 from conftest import SHARED_DATA, write_synthetic_dataset
 
 from scdfast.cli import main
-from scdfast.errors import ScdError
 
 MSR = SHARED_DATA / "msr_action3d" / "skeleton3d"
 needs_msr = pytest.mark.skipif(not MSR.is_dir(), reason=f"the MSR Action3D files are not at {MSR}")
@@ -203,7 +203,7 @@ def test_a_second_pretrain_into_a_run_is_refused(dataset, finished, capsys):
 
 def test_overwrite_replaces_only_scdfast_files(dataset, finished, tmp_path):
     run = tmp_path / "run"
-    os.system(f"cp -r {finished} {run}")
+    shutil.copytree(finished, run)
     (run / "my-notes.txt").write_text("keep me")
     (run / "checkpoints" / "my-weights.bin").write_bytes(b"mine")
     old_step_files = sorted(p for p in os.listdir(run / "checkpoints") if p.startswith("step-"))
@@ -240,7 +240,7 @@ def test_a_refused_command_leaves_no_empty_run_folder(dataset, tmp_path, capsys)
 
 def test_stale_temporary_files_are_removed_at_the_next_start(dataset, finished, tmp_path):
     run = tmp_path / "run"
-    os.system(f"cp -r {finished} {run}")
+    shutil.copytree(finished, run)
     (run / "checkpoints" / ".tmp-killed").write_bytes(b"half a checkpoint")
     (run / ".tmp-config").write_text("{")
     assert main(["pretrain", "--resume", str(run), "--no-progress", "--device", "cpu"]) == 0
@@ -263,13 +263,11 @@ def test_a_full_disk_in_torch_zip_writer_is_one_line(dataset, tmp_path, monkeypa
 
 def test_a_full_disk_in_config_json_is_one_line(dataset, tmp_path, monkeypatch, capsys):
     from scdfast.train import rundir
-    real = rundir.json.dump
 
     def disk_full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
     monkeypatch.setattr(rundir.json, "dump", disk_full)
     refused(capsys, _pretrain(dataset, tmp_path / "run"), "No space left on device")
-    monkeypatch.setattr(rundir.json, "dump", real)
 
 
 def test_a_real_full_disk_on_a_small_tmpfs(dataset, tmp_path, capsys):
@@ -297,7 +295,6 @@ def test_resuming_a_finished_run_changes_nothing(finished, capsys):
 
 
 def test_resuming_on_another_dataset_is_refused(finished, tmp_path, capsys):
-    import shutil
     run = tmp_path / "run"
     shutil.copytree(finished, run)
     config = json.loads((run / "config.json").read_text())
@@ -314,7 +311,6 @@ def test_resuming_on_another_dataset_is_refused(finished, tmp_path, capsys):
 
 
 def test_an_incomplete_checkpoint_is_one_line(finished, tmp_path, capsys):
-    import shutil
     run = tmp_path / "run"
     shutil.copytree(finished, run)
     state = torch.load(run / "checkpoints" / "last.pt", weights_only=True)

@@ -231,8 +231,11 @@ def pretrain(model_config: SCDConfig, config: PretrainConfig, train: SkeletonSet
                     group["lr"] = lr_at(config, epoch)
                 order = epoch_order(config.seed, epoch, len(train))
                 first = step - epoch * steps_per_epoch
-                epoch_sum = torch.zeros((), device=device) if first == 0 or resumed_epoch_sum is None \
-                    else resumed_epoch_sum
+                if first and resumed_epoch_sum is not None:  # the steps before the stop count too
+                    epoch_sum, summed = resumed_epoch_sum, first
+                else:
+                    epoch_sum, summed = torch.zeros((), device=device), 0
+                resumed_epoch_sum = None
                 interval_sum = torch.zeros((), device=device)
                 pending = 0  # steps in interval_sum
                 data_s = compute_s = 0.0
@@ -249,6 +252,7 @@ def pretrain(model_config: SCDConfig, config: PretrainConfig, train: SkeletonSet
                     sampled = step - first_step >= 2 and step % config.log_every == 0  # not compile's steps
                     loss = run_step(q_view, k_view, timer if sampled else None, ids)
                     epoch_sum += loss
+                    summed += 1
                     interval_sum += loss
                     pending += 1
                     step += 1
@@ -284,9 +288,7 @@ def pretrain(model_config: SCDConfig, config: PretrainConfig, train: SkeletonSet
                         raise Interrupted(stop.received, step, keeper.last)
                 if distributed is not None:
                     epoch_sum = distributed.mean(epoch_sum)
-                counted = steps_per_epoch if resumed_epoch_sum is not None or first == 0 else steps_per_epoch - first
-                epoch_loss = epoch_sum.item() / counted
-                resumed_epoch_sum = None
+                epoch_loss = epoch_sum.item() / summed
                 elapsed = time.perf_counter() - epoch_start
                 if board is not None:
                     board.add_scalar("loss/epoch", epoch_loss, step)
