@@ -9,8 +9,9 @@ DIR/results.json and DIR/results.md after every part:
   environment  GPU, driver, torch, triton, numba versions; the roofline figures used
   gpu_tests    the GPU tier of the test suite (kernels, augmentation, compile gate, step)
   loss         MoCo InfoNCE from N x K = 64 x 8192 to 4096 x 65536 (D 128), SCD-Net's four
-               terms and SimCLR's NT-Xent at N 4096: eager PyTorch, torch.compile and fused;
-               forward, backward and both;
+               terms, SimCLR's NT-Xent and CLIP at N 4096: eager PyTorch, torch.compile and
+               fused, and the peers scdfast.nn replaces (lightly, pytorch-metric-learning,
+               open_clip: pip install 'scdfast[peers]'); forward, backward and both;
                median time, peak extra memory, achieved TFLOP/s and GB/s against the roofline
   augment      views/s of the batched augmentation on the GPU (4,096 views of 64 frames)
   pretrain     paper-preset samples/s at batch 64 and 256 (and an authors-like loop at 64),
@@ -168,9 +169,9 @@ def part_gpu_tests(suite: Suite) -> dict:
 def loss_cases(dry_run: bool):
     """(name, n, k, d) of the loss benchmark."""
     if dry_run:
-        return [("moco", 8, 64, 16), ("scd", 8, 64, 16), ("ntxent", 8, 0, 16)]
+        return [("moco", 8, 64, 16), ("scd", 8, 64, 16), ("ntxent", 8, 0, 16), ("clip", 8, 0, 16)]
     return [("moco", 64, 8192, 128), ("moco", 256, 16384, 128), ("moco", 1024, 65536, 128),
-            ("moco", 4096, 65536, 128), ("scd", 64, 8192, 128), ("ntxent", 4096, 0, 128)]
+            ("moco", 4096, 65536, 128), ("scd", 64, 8192, 128), ("ntxent", 4096, 0, 128), ("clip", 4096, 0, 128)]
 
 
 def _loss_providers(name, n, k, d, device):
@@ -178,16 +179,19 @@ def _loss_providers(name, n, k, d, device):
     import torch
     import torch.nn.functional as F
 
-    from scdfast.losses import infonce, nt_xent, scd_loss
-    from scdfast.losses.reference import infonce_ref, nt_xent_ref, scd_loss_ref
+    from peer_losses import clip_peers, ntxent_peers
+
+    from scdfast.losses import clip_loss, infonce, nt_xent, scd_loss
+    from scdfast.losses.reference import clip_ref, infonce_ref, nt_xent_ref, scd_loss_ref
 
     def unit(rows, grad=False):
         return F.normalize(torch.randn(rows, d, device=device), dim=1).requires_grad_(grad)
+    peers = {}
     if name == "moco":
         q, pos, queue = unit(n, True), unit(n), unit(k)
 
         def eager(q):
-            return infonce_ref(q, pos, queue, 0.2)
+            return infonce_ref(q, pos, queue, 0.2).mean()
 
         def fused(q):
             return infonce(q, pos, queue, 0.2, backend="triton", check_finite=False)
@@ -196,22 +200,33 @@ def _loss_providers(name, n, k, d, device):
         inputs = [unit(n, True), unit(n, True)]
 
         def eager(a, b):
-            return nt_xent_ref(a, b, 0.5)
+            return nt_xent_ref(a, b, 0.5).mean()
 
         def fused(a, b):
             return nt_xent(a, b, 0.5, backend="triton", check_finite=False)
         # logits (2N)^2 D, then dq and the columns pass: three products of 2 (2N)^2 D
         flops, nbytes = 3 * 2 * (2 * n) ** 2 * d, 2 * 2 * n * d * 4
+        peers = ntxent_peers(device)
+    elif name == "clip":  # both directions over N pairs
+        inputs = [unit(n, True), unit(n, True)]
+
+        def eager(a, b):
+            return clip_ref(a, b, 0.07).mean()
+
+        def fused(a, b):
+            return clip_loss(a, b, 0.07, backend="triton", check_finite=False)
+        flops, nbytes = 2 * 3 * 2 * n * n * d, 2 * n * d * 4
+        peers = clip_peers(device)
     else:
         queries, keys, queues = [unit(n, True) for _ in range(3)], [unit(n) for _ in range(3)], [unit(k) for _ in range(3)]
 
         def eager(*q):
-            return scd_loss_ref(q, keys, queues, 0.2)
+            return scd_loss_ref(q, keys, queues, 0.2).mean()
 
         def fused(*q):
             return scd_loss(q, keys, queues, 0.2, backend="triton", check_finite=False)
         inputs, flops, nbytes = queries, 4 * 4 * n * k * d, (3 * k * d + 9 * n * d) * 4
-    return inputs, {"eager": eager, "compiled": torch.compile(eager, dynamic=False), "fused": fused}, flops, nbytes
+    return inputs, {"eager": eager, "compiled": torch.compile(eager, dynamic=False), "fused": fused, **peers}, flops, nbytes
 
 
 def part_loss(suite: Suite) -> dict:
@@ -226,6 +241,10 @@ def part_loss(suite: Suite) -> dict:
         roofline_ms = tf32_flops and max(flops / tf32_flops, nbytes / peak_bytes) * 1e3
         for provider, fn in providers.items():
             row = {"case": name, "n": n, "k": k, "d": d, "provider": provider}
+            if isinstance(fn, str):  # a peer that is not installed: why, instead of a time
+                rows.append({**row, "error": fn})
+                print(f"   {name} {n}x{k}: {provider} skipped: {fn}", flush=True)
+                continue
             try:
                 def forward():
                     return fn(*inputs)
@@ -390,8 +409,8 @@ def render_markdown(results: dict) -> str:
         lines += ["", "## Loss (forward + backward unless stated)", "",
                   "| case | N | K | D | provider | fwd ms | bwd ms | both ms | peak extra MiB | TFLOP/s | GB/s | "
                   "of roofline | fused speed-up | fused memory saving |", "|" + "---|" * 14]
-        for r in loss:
-            lines.append("| " + " | ".join(_fmt(r.get(key)) for key in (
+        for r in loss:  # a provider that could not run says why in the time's place
+            lines.append("| " + " | ".join(_fmt(r["error"] if key == "both_ms" and "error" in r else r.get(key)) for key in (
                 "case", "n", "k", "d", "provider", "forward_ms", "backward_ms", "both_ms", "peak_extra_mib", "tflops",
                 "gbps", "fraction_of_roofline", "fused_speedup", "fused_memory_ratio")) + " |")
     aug = parts.get("augment", {})

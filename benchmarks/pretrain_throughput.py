@@ -61,7 +61,7 @@ def baseline(model_config, config, data, device, steps, warmup, workers):
             q, k = q.to(device), k.to(device)
             model.momentum_update()
             keys = model.encode_keys(k)
-            loss = scd_loss_ref(model.encode_queries(q), keys, model.queues, model_config.temperature)
+            loss = scd_loss_ref(model.encode_queries(q), keys, model.queues, model_config.temperature).mean()
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()

@@ -93,7 +93,7 @@ def _loss_by_batchnorm(path: str, train) -> tuple[float, float]:
             for s in range(max(1, min(6, len(train) // 64))):  # up to 6 full batches of 64
                 q, k = views(order[s * 64:(s + 1) * 64], 50_000 + s)
                 values.append(float(scd_loss_ref(net.encode_queries(q), net.encode_keys(k), net.queues,
-                                                 config.temperature)))
+                                                 config.temperature).mean()))
         net.load_state_dict(saved)
         losses.append(float(np.mean(values)))
     return losses[0], losses[1]

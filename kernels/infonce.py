@@ -5,7 +5,8 @@ For a query q_i, its positive k_i and negatives c_j (a queue, or the batch itsel
     s_ip = q_i . k_i / T,   s_ij = q_i . c_j / T   (masked columns: s_ij = -inf)
     loss_i = lse_i - s_ip,  lse_i = log(exp(s_ip) + sum_j exp(s_ij))
     dloss_i/dq_i = (p_ip k_i + sum_j p_ij c_j - k_i) / T,   p = exp(s - lse)
-    dloss_i/dk_i = (p_ip - 1) q_i / T,   dloss/dc_j = sum_i p_ij q_i / T
+    dloss_i/dk_i = (p_ip - 1) q_i / T,   dloss/dc_j = sum_i w_i p_ij q_i / T   (w_i: row i's weight)
+    dloss_i/d(1/T) = q_i . (p_ip k_i + sum_j p_ij c_j - k_i)   (a learnable temperature)
 
 The negatives are split across programs, as flash-decoding splits a key sequence:
 `_rows_split_kernel` runs one program per (block of rows, slice of the negatives, term) and
@@ -139,7 +140,8 @@ def _rows_split_kernel(
     c0_ptr, c1_ptr, c2_ptr,         # negatives (K, D); term t streams c0, or (SCD_TERMS) c0 c0 c1 c2
     qid_ptr, cid_ptr,               # (N,), (K,) int64 instance ids (HAS_IDS)
     m_ptr, l_ptr, acc_ptr,          # out: (terms, S, N), (terms, S, N), (terms, S, N, D) fp32 partials
-    N, K, D, inv_t, k_shift,        # sizes, 1 / T, positive of row i is row (i + k_shift) % N of k
+    inv_t_ptr,                      # () fp32 1 / T, read on the device (a learnable temperature needs no sync)
+    N, K, D, k_shift,               # sizes; the positive of row i is row (i + k_shift) % N of k
     stride_qt, stride_qn, stride_qd, stride_kt, stride_kn, stride_kd, stride_cn, stride_cd,
     tiles_per_split,                # BLOCK_K tiles of negatives per slice
     IN_BATCH: tl.constexpr, HAS_IDS: tl.constexpr, NORMALIZE: tl.constexpr, SCD_TERMS: tl.constexpr,
@@ -149,6 +151,7 @@ def _rows_split_kernel(
     split = tl.program_id(1)
     term = tl.program_id(2)
     num_splits = tl.num_programs(1)
+    inv_t = tl.load(inv_t_ptr)
     rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     dims = tl.arange(0, BLOCK_D)
     c_ptr = c0_ptr
@@ -183,13 +186,14 @@ def _rows_split_kernel(
 def _rows_combine_kernel(
     q_ptr, k_ptr,                   # the split kernel's queries and positives
     m_ptr, l_ptr, acc_ptr,          # its partials
-    loss_ptr, lse_ptr,              # out: (terms, N) fp32 per-row loss and lse
-    dq_ptr, dk_ptr,                 # out: (terms, N, D) fp32 gradients of q_i and of row i's positive (K_GRAD)
-    N, D, num_splits, inv_t, k_shift, grad_scale,
+    loss_ptr, lse_ptr, dscale_ptr,  # out: (terms, N) fp32 per-row loss, lse and dloss_i / d(1 / T)
+    dq_ptr, dk_ptr,                 # out: (terms, N, D) fp32 gradients of loss_i w.r.t. q_i and its positive (K_GRAD)
+    inv_t_ptr, N, D, num_splits, k_shift,
     stride_qt, stride_qn, stride_qd, stride_kt, stride_kn, stride_kd,
     NORMALIZE: tl.constexpr, K_GRAD: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     term = tl.program_id(1)
+    inv_t = tl.load(inv_t_ptr)
     rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     dims = tl.arange(0, BLOCK_D)
     row_ok = rows < N
@@ -214,11 +218,13 @@ def _rows_combine_kernel(
     out_rows = term * N + rows
     tl.store(loss_ptr + out_rows, lse - s_pos, mask=row_ok)
     tl.store(lse_ptr + out_rows, lse, mask=row_ok)
-    scale = inv_t * grad_scale
-    dq = _through_normalize((acc / l[:, None] - k) * scale, q, q_inv, NORMALIZE)
+    expected = acc / l[:, None] - k                     # softmax-weighted candidates minus the positive
+    # every logit is (1 / T) q . c, so dloss_i / d(1 / T) = q_i . expected_i (a learnable temperature's gradient)
+    tl.store(dscale_ptr + out_rows, tl.sum(q * expected, axis=1), mask=row_ok)
+    dq = _through_normalize(expected * inv_t, q, q_inv, NORMALIZE)
     tl.store(dq_ptr + _tile_offsets(out_rows, dims, D, 1), dq, mask=tile_ok)
     if K_GRAD:
-        dk = (tl.exp(s_pos - lse) - 1.0)[:, None] * q * scale
+        dk = (tl.exp(s_pos - lse) - 1.0)[:, None] * q * inv_t
         tl.store(dk_ptr + _tile_offsets(out_rows, dims, D, 1), _through_normalize(dk, k, k_inv, NORMALIZE),
                  mask=tile_ok)
 
@@ -226,15 +232,16 @@ def _rows_combine_kernel(
 @triton.jit
 def _columns_kernel(
     q_ptr, c_ptr,                   # queries (N, D), negatives (K, D), both as the row pass saw them
-    lse_ptr,                        # (N,) fp32 from the row pass
+    lse_ptr, w_ptr,                 # (N,) fp32: the row pass's lse, each row's weight (its loss's incoming gradient)
     qid_ptr, cid_ptr,               # the row pass's ids (HAS_IDS)
-    dc_ptr,                         # out: (S, K, D) fp32 partial sums over row slices of weight p_ij q_i / T
-    N, K, D, inv_t, k_shift, row_weight,
+    dc_ptr,                         # out: (S, K, D) fp32 partial sums over row slices of w_i p_ij q_i / T
+    inv_t_ptr, N, K, D, k_shift,
     stride_qn, stride_qd, stride_cn, stride_cd, tiles_per_split,
     IN_BATCH: tl.constexpr, HAS_IDS: tl.constexpr, LOW_PRECISION_DOT: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     split = tl.program_id(1)
+    inv_t = tl.load(inv_t_ptr)
     cols = tl.program_id(0) * BLOCK_K + tl.arange(0, BLOCK_K)
     dims = tl.arange(0, BLOCK_D)
     c = _dot_operand(_load_tile(c_ptr, cols, dims, K, D, stride_cn, stride_cd), c_ptr,
@@ -245,12 +252,13 @@ def _columns_kernel(
         rows = start + tl.arange(0, BLOCK_N)
         q = _dot_operand(_load_tile(q_ptr, rows, dims, N, D, stride_qn, stride_qd), c_ptr, LOW_PRECISION_DOT)
         lse = tl.load(lse_ptr + rows, mask=rows < N, other=0.0)
+        w = tl.load(w_ptr + rows, mask=rows < N, other=0.0)
         row_ids = _row_ids(qid_ptr, rows, N, HAS_IDS)
         s = tl.dot(q, tl.trans(c), input_precision=PRECISION) * inv_t                    # BLOCK_N, BLOCK_K
         valid = _valid_negatives(rows, cols, N, K, row_ids, cid_ptr, k_shift, IN_BATCH, HAS_IDS)
-        p = tl.where(valid, tl.exp(s - lse[:, None]), 0.0)
+        p = tl.where(valid, tl.exp(s - lse[:, None]) * w[:, None], 0.0)
         acc += tl.dot(tl.trans(p).to(c.dtype), q, input_precision=PRECISION)
-    tl.store(dc_ptr + _tile_offsets(split * K + cols, dims, D, 1), acc * (inv_t * row_weight),
+    tl.store(dc_ptr + _tile_offsets(split * K + cols, dims, D, 1), acc * inv_t,
              mask=(cols < K)[:, None] & (dims < D)[None, :])
 
 
@@ -291,6 +299,13 @@ FMA_MAX_WIDTH = max(TILE_CANDIDATES["fma"])  # precision="ieee" beyond it runs t
 COMBINE_BLOCK_N = {16: 64, 32: 64, 64: 32, 128: 16, 256: 8, 512: 4}
 PROGRAMS_PER_SM = 4        # slices are added until the grid holds this many programs per SM
 INTERPRETER_SMS = 2        # what the split heuristic assumes under TRITON_INTERPRET
+
+
+def as_device_scalar(x: float | torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A () fp32 tensor on `device` for a scalar the kernels read from memory."""
+    if isinstance(x, torch.Tensor):
+        return x.detach().to(device=device, dtype=torch.float32).reshape(())
+    return torch.full((), x, device=device, dtype=torch.float32)
 
 
 def block_width(d: int) -> int:
@@ -376,7 +391,7 @@ class RowsProblem:
     q: torch.Tensor                 # (terms, N, D)
     k: torch.Tensor                 # (terms, N, D)
     negatives: tuple                # 1 tensor (K, D), or 3 with SCD-Net's term-to-queue pairing
-    inv_t: float
+    inv_t: float | torch.Tensor     # 1 / T: a float, or a () tensor on the inputs' device
     k_shift: int = 0
     in_batch: int = NO_EXCLUSION
     query_ids: torch.Tensor | None = None
@@ -384,7 +399,6 @@ class RowsProblem:
     normalize: bool = False
     k_grad: bool = False
     precision: str = "tf32"
-    grad_scale: float = 1.0
 
     @property
     def shape(self) -> tuple[int, int, int, int]:
@@ -402,14 +416,15 @@ def rows_launches(p: RowsProblem, tile: TileConfig, sm_count: int) -> tuple[Laun
     m = torch.empty(terms, slices, n, device=device, dtype=f32)
     l = torch.empty_like(m)
     acc = torch.empty(terms, slices, n, d, device=device, dtype=f32)
-    out = {"loss": torch.empty(terms, n, device=device, dtype=f32), "lse": torch.empty(terms, n, device=device, dtype=f32),
-           "dq": torch.empty(terms, n, d, device=device, dtype=f32),
-           "dk": torch.empty(terms, n, d, device=device, dtype=f32) if p.k_grad else m}
+    out = {name: torch.empty(terms, n, device=device, dtype=f32) for name in ("loss", "lse", "dscale")}
+    out |= {"dq": torch.empty(terms, n, d, device=device, dtype=f32),
+            "dk": torch.empty(terms, n, d, device=device, dtype=f32) if p.k_grad else m}
     c0, c1, c2 = (p.negatives * 3)[:3] if len(p.negatives) == 1 else p.negatives
     ids = (p.query_ids, p.queue_ids) if p.query_ids is not None else (m, m)
     strides = (*p.q.stride(), *p.k.stride())
+    inv_t = as_device_scalar(p.inv_t, device)
     split = Launch(_rows_split_kernel, (row_blocks, slices, terms),
-                   (p.q, p.k, c0, c1, c2, *ids, m, l, acc, n, k_rows, d, p.inv_t, p.k_shift, *strides,
+                   (p.q, p.k, c0, c1, c2, *ids, m, l, acc, inv_t, n, k_rows, d, p.k_shift, *strides,
                     *c0.stride(), per_slice),
                    dict(IN_BATCH=p.in_batch, HAS_IDS=p.query_ids is not None, NORMALIZE=p.normalize,
                         SCD_TERMS=len(p.negatives) == 3, LOW_PRECISION_DOT=low_precision_dot(p.q, p.k, c0),
@@ -417,24 +432,28 @@ def rows_launches(p: RowsProblem, tile: TileConfig, sm_count: int) -> tuple[Laun
                         num_warps=tile.num_warps, num_stages=tile.num_stages))
     combine_n = COMBINE_BLOCK_N[block_d]
     combine = Launch(_rows_combine_kernel, (triton.cdiv(n, combine_n), terms),
-                     (p.q, p.k, m, l, acc, out["loss"], out["lse"], out["dq"], out["dk"], n, d, slices, p.inv_t,
-                      p.k_shift, p.grad_scale, *strides),
+                     (p.q, p.k, m, l, acc, out["loss"], out["lse"], out["dscale"], out["dq"], out["dk"], inv_t, n, d,
+                      slices, p.k_shift, *strides),
                      dict(NORMALIZE=p.normalize, K_GRAD=p.k_grad, BLOCK_N=combine_n, BLOCK_D=block_d,
                           num_warps=4 if block_d <= 128 else 8))
     return split, combine, out
 
 
-def columns_launch(q, c, lse, inv_t, row_weight, tile: TileConfig, sm_count: int, k_shift=0,
+def columns_launch(q, c, lse, inv_t, weights, tile: TileConfig, sm_count: int, k_shift=0,
                    in_batch=NO_EXCLUSION, query_ids=None, queue_ids=None, precision="tf32") -> tuple[Launch, torch.Tensor]:
-    """The columns pass and its (slices, K, D) output, to be summed over slices."""
+    """The columns pass and its (slices, K, D) output, to be summed over slices. `weights` (N,)
+    fp32 are the rows' weights (a float: every row's)."""
     n, d = q.shape
     k_rows = c.shape[0]
     col_blocks = triton.cdiv(k_rows, tile.block_k)
     slices, per_slice = num_slices(col_blocks, max(1, triton.cdiv(n, tile.block_n)), sm_count)
     dc = torch.empty(slices, k_rows, d, device=q.device, dtype=torch.float32)
     ids = (query_ids, queue_ids) if query_ids is not None else (lse, lse)
+    if not isinstance(weights, torch.Tensor):
+        weights = torch.full((n,), weights, device=q.device, dtype=torch.float32)
     launch = Launch(_columns_kernel, (col_blocks, slices),
-                    (q, c, lse, *ids, dc, n, k_rows, d, inv_t, k_shift, row_weight, *q.stride(), *c.stride(),
+                    (q, c, lse, weights, *ids, dc, as_device_scalar(inv_t, q.device), n, k_rows, d, k_shift,
+                     *q.stride(), *c.stride(),
                      per_slice),
                     dict(IN_BATCH=in_batch, HAS_IDS=query_ids is not None, LOW_PRECISION_DOT=low_precision_dot(q, c),
                          PRECISION=precision, BLOCK_N=tile.block_n, BLOCK_K=tile.block_k, BLOCK_D=block_width(d),
@@ -468,8 +487,9 @@ def pick_tile(kind: str, key: tuple, device: torch.device, run_with) -> TileConf
 # ---- passes ---------------------------------------------------------------------------------------
 
 def rows_pass(p: RowsProblem) -> dict:
-    """{loss, lse: (terms, N); dq, dk: (terms, N, D)} fp32 for a row problem; dq and dk are
-    scaled by p.grad_scale and taken through the normalisation when p.normalize."""
+    """{loss, lse, dscale: (terms, N); dq, dk: (terms, N, D)} fp32 for a row problem: each row's
+    loss and its gradients (w.r.t. 1 / T, q_i and its positive; through the normalisation when
+    p.normalize), unweighted: the caller scales them by the rows' incoming gradients."""
     terms, n, k_rows, d = p.shape
     sm_count = device_sm_count(p.q.device)
 
@@ -483,13 +503,13 @@ def rows_pass(p: RowsProblem) -> dict:
     return run(pick_tile("rows", key, p.q.device, run))
 
 
-def columns_pass(q, c, lse, inv_t, row_weight, k_shift=0, in_batch=NO_EXCLUSION, query_ids=None, queue_ids=None,
+def columns_pass(q, c, lse, inv_t, weights, k_shift=0, in_batch=NO_EXCLUSION, query_ids=None, queue_ids=None,
                  precision="tf32") -> torch.Tensor:
-    """dc (K, D) fp32: the gradient reaching the negatives, row_weight * sum_i p_ij q_i / T."""
+    """dc (K, D) fp32: the gradient reaching the negatives, sum_i w_i p_ij q_i / T."""
     sm_count = device_sm_count(q.device)
 
     def run(tile):
-        launch, dc = columns_launch(q, c, lse, inv_t, row_weight, tile, sm_count, k_shift, in_batch, query_ids,
+        launch, dc = columns_launch(q, c, lse, inv_t, weights, tile, sm_count, k_shift, in_batch, query_ids,
                                     queue_ids, precision)
         launch.run()
         return dc[0] if dc.shape[0] == 1 else dc.sum(0)

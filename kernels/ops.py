@@ -1,18 +1,27 @@
-"""The fused losses as PyTorch custom ops, so torch.compile(fullgraph=True) traces a model that
-calls them: each op is opaque to the compiler and its fake version gives the output shapes.
+"""The fused losses as autograd functions over two PyTorch custom ops, so torch.compile
+(fullgraph=True) traces a model that calls them: each op is opaque to the compiler and its
+fake version gives the output shapes.
 
-The forward computes every gradient (the row pass gives dq and dk, the columns pass the
-negatives' gradient), and the backward only scales them by the incoming gradient, as
-Liger-Kernel's fused cross-entropy does. Outputs are fp32; gradients are returned in each
-input's dtype.
+`scdfast::rows` is the row pass: each row's loss, lse, and its unweighted gradients w.r.t. the
+query, the positive and 1 / T. `scdfast::columns` is the negatives' gradient, run in the
+backward with each row's incoming gradient as its weight. The losses return one value per
+row, so any reduction (mean, sum, none) is exact; the backward scales the saved per-row
+gradients, as Liger-Kernel's fused cross-entropy does. Outputs are fp32; gradients are
+returned in each input's dtype.
+
+Label-aware positives (supervised contrastive, CLIP with duplicate pairs) need no N x N mask:
+the denominator of row i is every candidate but itself, which the kernels already stream, and
+the positives enter only through their mean, a per-label sum of O((N + K) D).
 """
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from scdfast.kernels.infonce import (
     EXCLUDE_POSITIVE,
     EXCLUDE_SELF_AND_POSITIVE,
+    NO_EXCLUSION,
     RowsProblem,
     columns_pass,
     rows_pass,
@@ -21,199 +30,242 @@ from scdfast.kernels.infonce import (
 F32 = torch.float32
 
 
-def _unit(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(x / max(||x||, 1e-12), that norm), fp32, as F.normalize computes them."""
-    norm = x.float().norm(dim=1, keepdim=True).clamp_min(1e-12)
-    return x.float() / norm, norm
-
-
-def _normalize_backward(grad: torch.Tensor, unit: torch.Tensor, norm: torch.Tensor) -> torch.Tensor:
-    """The normalisation's backward: the gradient w.r.t. x from the one w.r.t. x / ||x||."""
-    return (grad - unit * (unit * grad).sum(dim=1, keepdim=True)) / norm
-
-
 def _none(like: torch.Tensor) -> torch.Tensor:
     return like.new_empty(0, dtype=F32)  # a distinct tensor: custom-op outputs may not alias
 
 
+# ---- the two passes as custom ops ----------------------------------------------------------------
+
+def _compiled_dtypes(rows: torch.Tensor, *others: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """The rows (and positives) in a dtype combination the compile gate compiles: one dtype
+    throughout, or fp32 rows against bf16 negatives. Any other mix (bf16 queries against an
+    fp32 bank) reads the rows as fp32, an N x D copy."""
+    c = others[-1]
+    same = all(t.dtype == rows.dtype for t in others[:-1])
+    if same and (rows.dtype == c.dtype or (rows.dtype == F32 and c.dtype == torch.bfloat16)):
+        return (rows, *others[:-1])
+    return (rows.float(), *(t.float() for t in others[:-1]))
+
+
+@torch.library.custom_op("scdfast::rows", mutates_args=())
+def _rows_op(q: torch.Tensor, k: torch.Tensor, c0: torch.Tensor, c1: torch.Tensor, c2: torch.Tensor,
+             inv_t: torch.Tensor, query_ids: torch.Tensor | None, queue_ids: torch.Tensor | None, k_shift: int,
+             in_batch: int, normalize: bool, k_grad: bool, scd_terms: bool, precision: str
+             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(loss, lse, dscale: (terms, N); dq, dk: (terms, N, D)), dk empty unless k_grad. q, k are
+    (terms, N, D); term t streams c0, or with scd_terms SCD-Net's c0 c0 c1 c2."""
+    q, k = _compiled_dtypes(q, k, c0)
+    out = rows_pass(RowsProblem(q, k, (c0, c1, c2) if scd_terms else (c0,), inv_t, k_shift=k_shift, in_batch=in_batch,
+                                query_ids=query_ids, queue_ids=queue_ids, normalize=normalize, k_grad=k_grad,
+                                precision=precision))
+    return out["loss"], out["lse"], out["dscale"], out["dq"], out["dk"] if k_grad else _none(q)
+
+
+@_rows_op.register_fake
+def _(q, k, c0, c1, c2, inv_t, query_ids, queue_ids, k_shift, in_batch, normalize, k_grad, scd_terms, precision):
+    terms, n, d = q.shape
+    per_row = [q.new_empty((terms, n), dtype=F32) for _ in range(3)]
+    return (*per_row, q.new_empty((terms, n, d), dtype=F32), q.new_empty((terms, n, d) if k_grad else (0,), dtype=F32))
+
+
+@torch.library.custom_op("scdfast::columns", mutates_args=())
+def _columns_op(q: torch.Tensor, c: torch.Tensor, lse: torch.Tensor, inv_t: torch.Tensor, weights: torch.Tensor,
+                query_ids: torch.Tensor | None, queue_ids: torch.Tensor | None, k_shift: int, in_batch: int,
+                precision: str) -> torch.Tensor:
+    """(K, D) fp32: sum_i w_i p_ij q_i / T over the rows that count c_j as a negative."""
+    q, = _compiled_dtypes(q, c)
+    return columns_pass(q, c, lse, inv_t, weights, k_shift=k_shift, in_batch=in_batch, query_ids=query_ids,
+                        queue_ids=queue_ids, precision=precision)
+
+
+@_columns_op.register_fake
+def _(q, c, lse, inv_t, weights, query_ids, queue_ids, k_shift, in_batch, precision):
+    return c.new_empty(c.shape, dtype=F32)
+
+
+def _row_weights(grad: torch.Tensor) -> torch.Tensor:
+    return grad.to(F32).contiguous()
+
+
+def _temperature_grad(ctx, grad: torch.Tensor, dscale: torch.Tensor, index: int):
+    return (grad.to(F32) * dscale).sum() if ctx.needs_input_grad[index] else None
+
+
 # ---- MoCo InfoNCE against a queue -----------------------------------------------------------------
 
-@torch.library.custom_op("scdfast::infonce", mutates_args=())
-def _infonce_op(q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor, inv_t: float,
-                query_ids: torch.Tensor | None, queue_ids: torch.Tensor | None, normalize: bool,
-                k_grad: bool, queue_grad: bool, precision: str
-                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(mean loss, dL/dq, dL/dk, dL/dqueue); the last two are empty unless asked for. With
-    `normalize`, q and k are normalised inside and the gradients are w.r.t. the raw ones."""
-    n = q.shape[0]
-    out = rows_pass(RowsProblem(q[None], k[None], (queue,), inv_t, query_ids=query_ids, queue_ids=queue_ids,
-                                normalize=normalize, k_grad=k_grad, precision=precision, grad_scale=1.0 / n))
-    dqueue = _none(q)
-    if queue_grad:  # the columns pass sees the queries as the row pass did
-        q_seen = _unit(q)[0].to(q.dtype) if normalize else q
-        dqueue = columns_pass(q_seen, queue, out["lse"][0], inv_t, 1.0 / n, query_ids=query_ids,
-                              queue_ids=queue_ids, precision=precision)
-    return out["loss"].mean(), out["dq"][0], out["dk"][0] if k_grad else _none(q), dqueue
+class _InfoNCE(torch.autograd.Function):
+    """Per-row loss of q_i against its positive k_i and the queue's rows."""
+
+    @staticmethod
+    def forward(ctx, q, k, queue, inv_t, query_ids, queue_ids, normalize, precision):
+        k_grad = ctx.needs_input_grad[1]
+        loss, lse, dscale, dq, dk = _rows_op(q[None], k[None], queue, queue, queue, inv_t, query_ids, queue_ids, 0,
+                                             NO_EXCLUSION, normalize, k_grad, False, precision)
+        # the queue is kept only when it takes a gradient: a memory bank enqueues in place after the loss
+        ctx.save_for_backward(q, queue if ctx.needs_input_grad[2] else None, inv_t, lse[0], dscale[0], dq[0],
+                              dk[0] if k_grad else dk, *((query_ids, queue_ids) if query_ids is not None else ()))
+        ctx.settings = (normalize, precision, q.dtype, k.dtype, queue.dtype)
+        return loss[0]
+
+    @staticmethod
+    def backward(ctx, grad):
+        q, queue, inv_t, lse, dscale, dq, dk, *ids = ctx.saved_tensors
+        normalize, precision, q_dtype, k_dtype, queue_dtype = ctx.settings
+        w = _row_weights(grad)
+        dk_out = dqueue = None
+        if ctx.needs_input_grad[1]:
+            dk_out = (w[:, None] * dk).to(k_dtype)
+        if ctx.needs_input_grad[2]:  # the columns pass sees the queries as the row pass did
+            q_seen = F.normalize(q.float(), dim=1).to(q.dtype) if normalize else q
+            dqueue = _columns_op(q_seen, queue, lse, inv_t, w, *(ids or (None, None)), 0, NO_EXCLUSION,
+                                 precision).to(queue_dtype)
+        return ((w[:, None] * dq).to(q_dtype), dk_out, dqueue, _temperature_grad(ctx, grad, dscale, 3),
+                None, None, None, None)
 
 
-@_infonce_op.register_fake
-def _(q, k, queue, inv_t, query_ids, queue_ids, normalize, k_grad, queue_grad, precision):
-    return (q.new_empty((), dtype=F32), q.new_empty(q.shape, dtype=F32),
-            q.new_empty(k.shape if k_grad else (0,), dtype=F32),
-            q.new_empty(queue.shape if queue_grad else (0,), dtype=F32))
+def fused_infonce(q, k, queue, inv_t, query_ids=None, queue_ids=None, normalize=False, precision="tf32"):
+    """(N,) per-row losses; inv_t a () fp32 tensor on q's device."""
+    return _InfoNCE.apply(q, k, queue, inv_t, _ids(query_ids), _ids(queue_ids), normalize, precision)
 
 
-def _infonce_setup(ctx, inputs, output):
-    q, k, queue = inputs[:3]
-    ctx.save_for_backward(*output[1:])
-    ctx.dtypes = (q.dtype, k.dtype, queue.dtype)
-    ctx.wanted = (True, inputs[7], inputs[8])
+# ---- in-batch losses: NT-Xent, SupCon, CLIP ------------------------------------------------------
+
+def _label_groups(row_labels: torch.Tensor, col_labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Dense group numbers of the rows' and the columns' labels, shared, with no host read (a
+    sort instead of torch.unique), and an upper bound on the number of groups."""
+    labels = torch.cat([row_labels, col_labels])
+    ordered, order = labels.sort()
+    first = torch.ones_like(ordered, dtype=torch.long)
+    first[1:] = (ordered[1:] != ordered[:-1]).long()
+    group = torch.empty_like(first).scatter_(0, order, first.cumsum(0) - 1)
+    return group[:row_labels.shape[0]], group[row_labels.shape[0]:], labels.shape[0]
 
 
-def _infonce_backward(ctx, grad, *_unused):
-    grads = [(g * grad).to(t) if wanted else None
-             for g, t, wanted in zip(ctx.saved_tensors, ctx.dtypes, ctx.wanted)]
-    return (*grads, *([None] * 7))
+class _InBatch(torch.autograd.Function):
+    """Per-row loss of rows x against columns y, the kernels' positive of row i being row
+    (i + k_shift) % M of k, with columns excluded by `in_batch` or by ids.
+
+    Without labels that positive is the one positive. With labels (the rows' and the
+    columns'), the denominator is every candidate that is not row i itself and the positives
+    are its same-label candidates, averaged (SupCon's L_out): the kernels' result is corrected
+    by delta_i = k_(i+shift) - mean of row i's positives, and the negatives' gradient by the
+    per-label sums of the rows. `self_in_columns`: row i is itself among the columns (SupCon),
+    so it is not its own positive."""
+
+    @staticmethod
+    def forward(ctx, x, k, y, inv_t, k_shift, in_batch, row_ids, col_ids, row_labels, col_labels, self_in_columns,
+                precision):
+        loss, lse, dscale, dq, dk = (t[0] for t in _rows_op(x[None], k[None], y, y, y, inv_t, row_ids, col_ids,
+                                                             k_shift, in_batch, False, True, False, precision))
+        ids = (row_ids, col_ids) if row_ids is not None else ()
+        npos = groups = None
+        if row_labels is not None:
+            xf = x.float()
+            row_group, col_group, bound = _label_groups(row_labels, col_labels)
+            pos_sum = y.new_zeros((bound, y.shape[1]), dtype=F32).index_add_(0, col_group, y.float())[row_group]
+            npos = y.new_zeros(bound, dtype=F32).index_add_(0, col_group, torch.ones_like(col_group, dtype=F32))[row_group]
+            if self_in_columns:
+                pos_sum, npos = pos_sum - xf, npos - 1
+            delta = k.float().roll(-k_shift, 0) - pos_sum / npos.clamp_min(1)[:, None]
+            along = (xf * delta).sum(1)
+            loss = loss + inv_t * along
+            dscale = dscale + along
+            dq = dq + inv_t * delta
+            dk = dk + inv_t * xf         # the positive's share now comes from the per-label sums
+            groups = (row_group, col_group)
+        ctx.save_for_backward(x, y, inv_t, lse, dscale, dq, dk, *ids, *(groups or ()),
+                              *((npos,) if npos is not None else ()))
+        ctx.settings = (k_shift, in_batch, bool(ids), groups is not None, self_in_columns, precision,
+                        x.dtype, k.dtype, y.dtype)
+        if npos is None:
+            npos = torch.ones_like(loss)
+        ctx.mark_non_differentiable(npos)
+        return loss, npos
+
+    @staticmethod
+    def backward(ctx, grad, _npos_grad):
+        k_shift, in_batch, has_ids, has_labels, self_in_columns, precision, x_dtype, k_dtype, y_dtype = ctx.settings
+        x, y, inv_t, lse, dscale, dq, dk, *rest = ctx.saved_tensors
+        ids, rest = (rest[:2], rest[2:]) if has_ids else ((None, None), rest)
+        w = _row_weights(grad)
+        dx = w[:, None] * dq
+        dk_out = (w[:, None] * dk).roll(k_shift, 0)           # row i's positive is row i + k_shift of k
+        dy = _columns_op(x, y, lse, inv_t, w, *ids, k_shift, in_batch, precision)
+        if has_labels:
+            row_group, col_group, npos = rest
+            share = (w * inv_t / npos.clamp_min(1))[:, None] * x.float()    # row i's weight on each positive
+            dy = dy - dy.new_zeros((row_group.shape[0] + col_group.shape[0], y.shape[1])).index_add_(
+                0, row_group, share)[col_group]
+            if self_in_columns:  # the column that is row i itself was counted as a positive above
+                dx = dx + share
+        return (dx.to(x_dtype), dk_out.to(k_dtype), dy.to(y_dtype), _temperature_grad(ctx, grad, dscale, 3),
+                *([None] * 8))
 
 
-_infonce_op.register_autograd(_infonce_backward, setup_context=_infonce_setup)
+def fused_in_batch(x, k, y, inv_t, k_shift, in_batch, row_ids=None, col_ids=None, row_labels=None, col_labels=None,
+                   self_in_columns=False, precision="tf32"):
+    """((M,) per-row losses, (M,) positives per row) of an in-batch problem (see _InBatch)."""
+    return _InBatch.apply(x, k, y, inv_t, k_shift, in_batch, _ids(row_ids), _ids(col_ids), _ids(row_labels),
+                          _ids(col_labels), self_in_columns, precision)
 
 
-# ---- in-batch losses: SimCLR's NT-Xent, CLIP ----------------------------------------------------
-
-@torch.library.custom_op("scdfast::nt_xent", mutates_args=())
-def _nt_xent_op(z1: torch.Tensor, z2: torch.Tensor, inv_t: float, normalize: bool,
-                precision: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(mean loss over the 2N views, dL/dz1, dL/dz2). View i's positive is view (i + N) % 2N,
-    and every other view but itself is a negative."""
-    n = z1.shape[0]
-    z = torch.cat([z1, z2])                                                        # 2N, D
-    if normalize:
-        unit, norm = _unit(z)
-        z = unit.to(z.dtype)
-    w = 1.0 / (2 * n)
-    out = rows_pass(RowsProblem(z[None], z[None], (z,), inv_t, k_shift=n, in_batch=EXCLUDE_SELF_AND_POSITIVE,
-                                k_grad=True, precision=precision, grad_scale=w))
-    dz = out["dq"][0] + torch.roll(out["dk"][0], n, 0)                            # row i's positive is row i + N
-    dz += columns_pass(z, z, out["lse"][0], inv_t, w, k_shift=n, in_batch=EXCLUDE_SELF_AND_POSITIVE,
-                       precision=precision)
-    if normalize:
-        dz = _normalize_backward(dz, unit, norm)
-    return out["loss"].mean(), dz[:n].clone(), dz[n:].clone()
+def fused_nt_xent_rows(z, inv_t, labels=None, precision="tf32"):
+    """(2N,) losses of SimCLR's 2N views z = [z1; z2]: view i's positive is view (i + N) % 2N
+    (or, with labels (2N,), every other view of its label) and every other view a negative."""
+    n = z.shape[0] // 2
+    return fused_in_batch(z, z, z, inv_t, n, EXCLUDE_SELF_AND_POSITIVE, row_labels=labels, col_labels=labels,
+                          self_in_columns=True, precision=precision)[0]
 
 
-@_nt_xent_op.register_fake
-def _(z1, z2, inv_t, normalize, precision):
-    return z1.new_empty((), dtype=F32), z1.new_empty(z1.shape, dtype=F32), z2.new_empty(z2.shape, dtype=F32)
+def fused_supcon_rows(z, inv_t, labels, k_shift, precision="tf32"):
+    """((M,) losses, (M,) positives) of SupCon's M anchors z against each other; `k_shift` names
+    any other row as the kernels' positive (the result does not depend on which)."""
+    return fused_in_batch(z, z, z, inv_t, k_shift, EXCLUDE_SELF_AND_POSITIVE, row_labels=labels, col_labels=labels,
+                          self_in_columns=True, precision=precision)
 
 
-@torch.library.custom_op("scdfast::clip", mutates_args=())
-def _clip_op(a: torch.Tensor, b: torch.Tensor, inv_t: float, normalize: bool,
-             precision: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(mean of both directions' losses, dL/da, dL/db) over N matched pairs (a_i, b_i)."""
-    n = a.shape[0]
-    if normalize:
-        (a_unit, a_norm), (b_unit, b_norm) = _unit(a), _unit(b)
-        a, b = a_unit.to(a.dtype), b_unit.to(b.dtype)
-    w = 0.5 / n
-
-    def direction(x, y):  # x_i against every y_j, y_i the positive
-        return rows_pass(RowsProblem(x[None], y[None], (y,), inv_t, in_batch=EXCLUDE_POSITIVE, k_grad=True,
-                                     precision=precision, grad_scale=w))
-    ab, ba = direction(a, b), direction(b, a)
-    da = ab["dq"][0] + ba["dk"][0] + columns_pass(b, a, ba["lse"][0], inv_t, w, in_batch=EXCLUDE_POSITIVE,
-                                                  precision=precision)
-    db = ba["dq"][0] + ab["dk"][0] + columns_pass(a, b, ab["lse"][0], inv_t, w, in_batch=EXCLUDE_POSITIVE,
-                                                  precision=precision)
-    if normalize:
-        da, db = _normalize_backward(da, a_unit, a_norm), _normalize_backward(db, b_unit, b_norm)
-    return 0.5 * (ab["loss"].mean() + ba["loss"].mean()), da, db
-
-
-@_clip_op.register_fake
-def _(a, b, inv_t, normalize, precision):
-    return a.new_empty((), dtype=F32), a.new_empty(a.shape, dtype=F32), b.new_empty(b.shape, dtype=F32)
-
-
-def _pair_setup(ctx, inputs, output):
-    ctx.save_for_backward(*output[1:])
-    ctx.dtypes = (inputs[0].dtype, inputs[1].dtype)
-
-
-def _pair_backward(ctx, grad, *_unused):
-    da, db = ctx.saved_tensors
-    return (da * grad).to(ctx.dtypes[0]), (db * grad).to(ctx.dtypes[1]), None, None, None
-
-
-_nt_xent_op.register_autograd(_pair_backward, setup_context=_pair_setup)
-_clip_op.register_autograd(_pair_backward, setup_context=_pair_setup)
+def fused_clip_rows(a, b, inv_t, labels=None, precision="tf32"):
+    """(N,) losses of one CLIP direction: a_i against every b_j, b_i the positive (with
+    labels, every b_j of a_i's label)."""
+    return fused_in_batch(a, b, b, inv_t, 0, EXCLUDE_POSITIVE, row_labels=labels, col_labels=labels,
+                          precision=precision)[0]
 
 
 # ---- SCD-Net's four terms -------------------------------------------------------------------------
 
-@torch.library.custom_op("scdfast::scd_loss", mutates_args=())
-def _scd_op(qt: torch.Tensor, qs: torch.Tensor, qi: torch.Tensor, kt: torch.Tensor, ks: torch.Tensor,
-            ki: torch.Tensor, temporal_queue: torch.Tensor, spatial_queue: torch.Tensor,
-            instance_queue: torch.Tensor, inv_t: float, normalize: bool, query_ids: torch.Tensor | None,
-            queue_ids: torch.Tensor | None, precision: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """(sum of the four batch-mean terms, (4, N, D) each term's gradient of its query); the
-    keys and queues take no gradient (they come from the momentum encoder). One row pass for all four terms:
-    term t streams its own queue, and the (4, N, D) query and key stacks are N x D copies."""
-    n = qt.shape[0]
-    out = rows_pass(RowsProblem(torch.stack([qt, qs, qi, qi]), torch.stack([ki, ki, kt, ks]),
-                                (instance_queue, temporal_queue, spatial_queue), inv_t, query_ids=query_ids,
-                                queue_ids=queue_ids, normalize=normalize, precision=precision, grad_scale=1.0 / n))
-    return out["loss"].sum() / n, out["dq"]
+class _SCD(torch.autograd.Function):
+    """(4, N) per-row losses of SCD-Net's four terms in one row pass; term t streams its own
+    queue. Keys and queues take no gradient (they come from the momentum encoder)."""
+
+    @staticmethod
+    def forward(ctx, qt, qs, qi, kt, ks, ki, temporal_queue, spatial_queue, instance_queue, inv_t, query_ids,
+                queue_ids, normalize, precision):
+        loss, _, dscale, dq, _ = _rows_op(torch.stack([qt, qs, qi, qi]), torch.stack([ki, ki, kt, ks]),
+                                          instance_queue, temporal_queue, spatial_queue, inv_t, query_ids, queue_ids,
+                                          0, NO_EXCLUSION, normalize, False, True, precision)
+        ctx.save_for_backward(dscale, dq)
+        ctx.dtypes = (qt.dtype, qs.dtype, qi.dtype)
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad):
+        dscale, dq = ctx.saved_tensors                         # terms: (qt, .), (qs, .), (qi, .), (qi, .)
+        dq = grad.to(F32)[..., None] * dq
+        grads = (dq[0], dq[1], dq[2] + dq[3])
+        return (*(g.to(t) for g, t in zip(grads, ctx.dtypes)), *([None] * 6), _temperature_grad(ctx, grad, dscale, 9),
+                None, None, None, None)
 
 
-@_scd_op.register_fake
-def _(qt, qs, qi, kt, ks, ki, temporal_queue, spatial_queue, instance_queue, inv_t, normalize, query_ids,
-      queue_ids, precision):
-    return qt.new_empty((), dtype=F32), qt.new_empty((4, *qt.shape), dtype=F32)
-
-
-def _scd_setup(ctx, inputs, output):
-    ctx.save_for_backward(output[1])
-    ctx.dtypes = tuple(t.dtype for t in inputs[:3])
-
-
-def _scd_backward(ctx, grad, *_unused):
-    dq, = ctx.saved_tensors                                   # terms: (qt, .), (qs, .), (qi, .), (qi, .)
-    grads = (dq[0], dq[1], dq[2] + dq[3])
-    return (*((g * grad).to(t) for g, t in zip(grads, ctx.dtypes)), *([None] * 11))
-
-
-_scd_op.register_autograd(_scd_backward, setup_context=_scd_setup)
-
-
-# ---- entry points (inputs already validated by scdfast.losses) -----------------------------------
-
-def _ids(ids: torch.Tensor | None) -> torch.Tensor | None:
-    return None if ids is None else ids.to(torch.int64).contiguous()
-
-
-def fused_infonce(q, k, queue, temperature, query_ids=None, queue_ids=None, normalize=False, precision="tf32"):
-    return _infonce_op(q, k, queue, 1.0 / temperature, _ids(query_ids), _ids(queue_ids), normalize,
-                       k.requires_grad, queue.requires_grad, precision)[0]
-
-
-def fused_nt_xent(z1, z2, temperature, normalize=False, precision="tf32"):
-    return _nt_xent_op(z1, z2, 1.0 / temperature, normalize, precision)[0]
-
-
-def fused_clip(a, b, temperature, normalize=False, precision="tf32"):
-    return _clip_op(a, b, 1.0 / temperature, normalize, precision)[0]
-
-
-def fused_scd_loss(queries, keys, queues, temperature, normalize=False, query_ids=None, queue_ids=None,
-                   precision="tf32"):
-    """All four terms in one row pass; the caller checks that keys and queues take no gradient
-    and that the queues share length, dtype and strides (`one_launch_fits`)."""
-    return _scd_op(*queries, *keys, *queues, 1.0 / temperature, normalize, _ids(query_ids), _ids(queue_ids),
-                   precision)[0]
+def fused_scd_loss(queries, keys, queues, inv_t, normalize=False, query_ids=None, queue_ids=None, precision="tf32"):
+    """(4, N) per-row losses of the four terms; the caller checks `one_launch_fits`."""
+    return _SCD.apply(*queries, *keys, *queues, inv_t, _ids(query_ids), _ids(queue_ids), normalize, precision)
 
 
 def one_launch_fits(keys, queues) -> bool:
     """SCD-Net's case: keys and queues from the momentum encoder (no gradient), one queue layout."""
     return (not any(t.requires_grad for t in (*keys, *queues))
             and len({(t.shape[0], t.dtype, t.stride()) for t in queues}) == 1)
+
+
+def _ids(ids: torch.Tensor | None) -> torch.Tensor | None:
+    return None if ids is None else ids.to(torch.int64).contiguous()

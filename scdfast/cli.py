@@ -11,17 +11,21 @@ import json
 import os
 import sys
 
-from scdfast.config import LinearConfig, PretrainConfig, SCDConfig, preset
+from scdfast.config import PRESETS, LinearConfig, PretrainConfig, SCDConfig, choices, preset
 from scdfast.data.synthetic import is_synthetic
 from scdfast.errors import ScdError
+from scdfast.settings import merged, parse_sets, read_config_file, refuse_sections
 
 EXIT_USER_ERROR = 2
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--preset", choices=("tiny", "paper"), default="paper",
-                        help="model and schedule sizes: 'paper' is the published setting (default), "
-                             "'tiny' a CPU-sized model and schedule")
+    parser.add_argument("--preset", choices=PRESETS, default="paper",
+                        help="'paper' is the published setting (default). 'tiny' is CPU-sized: window 32, "
+                             "CTR-GCN width 8, d_model 128, 4 heads, projections 64, and also 1,024 queued keys, "
+                             "key momentum 0.99; pretraining 16 epochs at lr 0.1 (ten times the paper's), drop "
+                             "at 13; linear evaluation on standardized features in batches of 256; fine-tuning "
+                             "30 epochs at lr 0.01 in batches of 32 (scdfast/config.py's _TINY lists)")
     parser.add_argument("--data", default="synthetic",
                         help="'synthetic' (the built-in generated dataset on NTU's 25 joints, default), "
                              "'synthetic:kinect20' or 'synthetic:sbu15' (the same bodies on those layouts), or a "
@@ -32,8 +36,15 @@ def _common(parser: argparse.ArgumentParser) -> None:
                              "a directory holding an earlier run is refused unless --overwrite")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace the run in --run-dir: removes only the files scdfast writes there")
-    parser.add_argument("--seed", type=int, default=0, help="seed for weights, data order and augmentation (default 0)")
+    parser.add_argument("--seed", type=int, help="seed for weights, data order and augmentation (default 0)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars (for logs)")
+    parser.add_argument("--config", metavar="FILE",
+                        help="settings from a file: a run's own config.json, or TOML/YAML with [model], [pretrain], "
+                             "[linear] and [finetune] sections of config fields (scdfast/config.py documents each); "
+                             "the preset gives the rest, and the flags given here override the file")
+    parser.add_argument("--set", dest="settings", action="append", metavar="SECTION.FIELD=VALUE",
+                        help="set any config field, applied last, e.g. --set pretrain.lr=0.05 --set "
+                             "model.queue_size=4096 --set linear.lr_drop_epochs=50,70 (repeatable)")
 
 
 def _protocol_common(parser: argparse.ArgumentParser, random_init: bool = True) -> None:
@@ -95,7 +106,7 @@ def _finetune_options(parser: argparse.ArgumentParser) -> None:
                         help="override the epochs (default 100; tiny 30); the lr drop keeps its place in the run")
     parser.add_argument("--lr", type=float, help="override the learning rate (default 0.1; tiny 0.01)")
     parser.add_argument("--batch-size", type=int, help="override the batch size (default 128; tiny 32)")
-    parser.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
+    parser.add_argument("--precision", choices=choices(PretrainConfig, "precision"), default="auto",
                         help="default auto: bf16 autocast on CUDA, fp32 on the CPU")
 
 
@@ -149,7 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "place in the run (epoch 351 of 451 becomes 78 of 100)")
     p.add_argument("--batch-size", type=int, help="override the preset's batch size (paper: 64)")
     p.add_argument("--lr", type=float, help="override the preset's learning rate (paper: 0.01)")
-    p.add_argument("--representation", choices=("joint", "motion", "bone"), default="joint",
+    p.add_argument("--representation", choices=choices(PretrainConfig, "representation"),
                    help="input stream (default joint)")
     p.add_argument("--resume", metavar="RUN_DIR",
                    help="continue the run in RUN_DIR from its last checkpoint, with its saved settings "
@@ -158,20 +169,20 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also checkpoint every this many steps (default: at epoch ends only)")
     p.add_argument("--keep-last", type=int, help="step checkpoints to keep besides best.pt and last.pt (default 3)")
     p.add_argument("--log-every", type=int, help="steps between loss reads and steps.csv rows (default 10)")
-    p.add_argument("--compile", choices=("auto", "off", "default", "reduce-overhead", "max-autotune"),
+    p.add_argument("--compile", choices=choices(PretrainConfig, "compile"),
                    help="torch.compile mode of both encoders (default auto: 'default' on CUDA, off on the CPU)")
-    p.add_argument("--precision", choices=("auto", "fp32", "bf16"),
+    p.add_argument("--precision", choices=choices(PretrainConfig, "precision"),
                    help="default auto: bf16 autocast on CUDA, fp32 on the CPU")
-    p.add_argument("--bn", choices=("auto", "local", "shuffle", "sync"),
+    p.add_argument("--bn", choices=choices(PretrainConfig, "bn"),
                    help="BatchNorm across torchrun ranks: auto (shuffle-BN when distributed, default), local, "
                         "shuffle, or sync (SyncBatchNorm, CUDA only)")
-    p.add_argument("--queue-init", choices=("random", "keys"),
+    p.add_argument("--queue-init", choices=choices(PretrainConfig, "queue_init"),
                    help="how the queues start: random unit vectors (the paper's, default) or the initial key "
                         "encoder's keys of real views, which keeps a short run from collapsing its features")
     p.add_argument("--exclude-own-keys", action=argparse.BooleanOptionalAction, default=None,
                    help="leave queued keys of a query's own sample out of its negatives (off by default, as the "
                         "authors' loss; on NTU it never matters, a sample's older key has left the queue)")
-    p.add_argument("--augment", choices=("batched", "reference"), default="batched",
+    p.add_argument("--augment", choices=choices(PretrainConfig, "augment"),
                    help="view generation: 'batched' Numba kernels on the training device (default) or the "
                         "per-sample NumPy 'reference'")
 
@@ -247,6 +258,15 @@ def _prepare_format(formats, name: str, help_text: str, files: str) -> argparse.
     return f
 
 
+def _settings(args: argparse.Namespace, sections: tuple[str, ...]) -> tuple[dict, dict]:
+    """(--config FILE's sections, --set's); a --set of a section this command does not read is
+    an error (a file's other sections are left: a run's config.json holds several)."""
+    file = read_config_file(args.config) if args.config else {}
+    sets = parse_sets(args.settings)
+    refuse_sections(args.command, sections, sets)
+    return file, sets
+
+
 def _overrides(args: argparse.Namespace, names: tuple[str, ...]) -> dict:
     return {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
 
@@ -263,6 +283,8 @@ def _run_pretrain(args: argparse.Namespace) -> None:
     if args.resume:
         if args.overwrite:
             raise ScdError("--resume continues a run and --overwrite replaces one: give one of them")
+        if args.config or args.settings:
+            raise ScdError("--resume continues with the run's saved settings; --config and --set do not apply")
         resume = load_resume_state(args.resume)
         model_config = from_dict(SCDConfig, resume["model_config"])
         config = from_dict(PretrainConfig, resume["pretrain_config"])
@@ -270,15 +292,20 @@ def _run_pretrain(args: argparse.Namespace) -> None:
         with open(os.path.join(run_dir, "config.json")) as f:
             data = json.load(f).get("data", args.data)
     else:
-        config = preset(args.preset, PretrainConfig, representation=args.representation, augment=args.augment,
-                        **_overrides(args, ("epochs", "batch_size", "lr", "seed", "checkpoint_steps", "keep_last",
-                                            "log_every", "compile", "precision", "bn", "queue_init",
-                                            "exclude_own_keys")))
+        file, sets = _settings(args, ("model", "pretrain"))
+        flags = _overrides(args, ("epochs", "batch_size", "lr", "seed", "checkpoint_steps", "keep_last", "log_every",
+                                  "compile", "precision", "bn", "queue_init", "exclude_own_keys", "representation",
+                                  "augment"))
+        config = preset(args.preset, PretrainConfig, **{**merged("pretrain", file), **flags, **merged("pretrain", sets)})
         data = _data_source(args.data)
     device = resolve_device(args.device)
     train, _ = load_dataset(data, seed=config.seed)
     if not args.resume:  # the dataset fixes joints, bodies and layout
-        model_config = preset(args.preset, SCDConfig, **model_shape(train))
+        shape = model_shape(train)
+        for name, value in merged("model", sets).items():
+            if name in shape and value != shape[name]:
+                raise ScdError(f"--set model.{name}={value}: the dataset fixes {name} to {shape[name]}")
+        model_config = preset(args.preset, SCDConfig, **{**merged("model", file, sets), **shape})
         run_dir = args.run_dir
     with RunDir(run_dir, "pretrain", overwrite=args.overwrite, resume=resume is not None) as run_dir:
         verb = f"resuming at step {resume['step']}" if resume else "pretraining"
@@ -302,15 +329,20 @@ def _run_protocol(args: argparse.Namespace) -> None:
     from scdfast.train.rundir import RunDir
 
     command, options = args.command, {}
+    section = {"linear": "linear", "transfer": "linear", "semi": "finetune", "finetune": "finetune"}.get(command)
+    file, sets = _settings(args, (section,) if section else ())
     schedule = _overrides(args, ("epochs", "lr", "batch_size", "seed"))
     if command in ("linear", "transfer"):
         # --standardize / --no-standardize, or the preset's choice; the authors' exact protocol is raw
         chosen = False if args.exact_protocol and args.standardize is None else args.standardize
         standardize = {} if chosen is None else {"standardize": chosen}
-        options.update(linear=preset(args.preset, LinearConfig, **standardize, **schedule),
+        options.update(linear=preset(args.preset, LinearConfig, **{**merged("linear", file), **standardize,
+                                                                     **schedule, **merged("linear", sets)}),
                        exact=args.exact_protocol)
     if command in ("semi", "finetune"):
-        options.update(finetune=preset(args.preset, FinetuneConfig, **schedule), precision=args.precision)
+        options.update(finetune=preset(args.preset, FinetuneConfig, **{**merged("finetune", file), **schedule,
+                                                                         **merged("finetune", sets)}),
+                       precision=args.precision)
     if command == "semi":
         options["label_fraction"] = parse_fraction(args.labels)
     if command == "knn":
@@ -322,7 +354,7 @@ def _run_protocol(args: argparse.Namespace) -> None:
         run_protocol(ProtocolRequest(
             protocol=command, data=_data_source(args.data), run_dir=run_dir, device=device, preset=args.preset,
             checkpoints=tuple(args.checkpoint or ()), random_init=getattr(args, "random_init", False),
-            random_baseline=args.random_baseline, streams=args.streams, seed=args.seed, embedding=args.embedding,
+            random_baseline=args.random_baseline, streams=args.streams, seed=args.seed or 0, embedding=args.embedding,
             figures=not args.no_figures, num_classes=args.num_classes, progress=not args.no_progress, **options))
 
 
@@ -393,6 +425,13 @@ def main(argv: list[str] | None = None) -> int:
             _run_protocol(args)
     except (ScdError, FileNotFoundError, PermissionError) as exc:
         print(f"scdfast {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except ImportError as exc:
+        from scdfast.extras import missing_extra_message
+        message = missing_extra_message(exc, args.command)
+        if message is None:
+            raise
+        print(f"scdfast {args.command}: error: {message}", file=sys.stderr)
         return EXIT_USER_ERROR
     except OSError as exc:  # the machine's, not a bug: a full disk, an I/O error, a read-only folder
         if exc.filename and exc.errno in (errno.ENOSPC, errno.EDQUOT):

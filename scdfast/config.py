@@ -1,20 +1,65 @@
 """Configuration dataclasses: the model and its contrastive objective, and the schedules.
 
-Every default is the paper's (SCDNET.md). `tiny()` presets exist so that a CPU can run the
-whole pipeline in minutes; they change sizes and schedule lengths, never the method.
+Every default is the paper's (SCDNET.md). The `tiny()` presets exist so that a CPU can run the
+whole pipeline in minutes; each class's `_TINY` lists exactly what they change. Besides sizes
+and schedule lengths, tiny pretraining also changes the method's settings: lr 0.1 (the paper's
+0.01), key momentum 0.99 (0.999) and 1,024 queued keys (8,192).
+
+A field with a fixed set of values is typed `Literal[...]`: `__post_init__` checks it, and the
+command line's `choices=` are read from it (`choices(PretrainConfig, "compile")`).
 """
 from __future__ import annotations
 
 import dataclasses
 import math
+import typing
 from dataclasses import dataclass
+from typing import Literal
 
 from scdfast.errors import ScdError
 
+Representation = Literal["joint", "motion", "bone"]
+AugmentMode = Literal["batched", "reference"]
+QueueInit = Literal["random", "keys"]
+CompileMode = Literal["auto", "off", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"]
+Precision = Literal["auto", "fp32", "bf16"]
+BatchNormMode = Literal["auto", "local", "shuffle", "sync"]
+
+
+def choices(kind: type, field: str) -> tuple:
+    """The values a Literal-typed config field takes."""
+    return typing.get_args(typing.get_type_hints(kind)[field])
+
+
+def _check_choices(config) -> None:
+    hints = typing.get_type_hints(type(config))
+    for field in dataclasses.fields(config):
+        if typing.get_origin(hints[field.name]) is Literal:
+            allowed = typing.get_args(hints[field.name])
+            value = getattr(config, field.name)
+            if value not in allowed:
+                raise ScdError(f"{type(config).__name__}: {field.name}={value!r}: choose one of "
+                               f"{', '.join(map(str, allowed))}")
+
+
+class _Presets:
+    """`paper()` is the dataclass defaults; `tiny()` applies the class's `_TINY` overrides."""
+
+    _TINY: dict = {}
+
+    @classmethod
+    def paper(cls, **overrides):
+        return cls(**overrides)
+
+    @classmethod
+    def tiny(cls, **overrides):
+        return cls(**{**cls._TINY, **overrides})
+
 
 @dataclass(kw_only=True)
-class SCDConfig:
-    """SCD-Net's architecture and MoCo objective."""
+class SCDConfig(_Presets):
+    """SCD-Net's architecture and MoCo objective. `paper()`: the published configuration,
+    92,017,840 parameters per encoder. `tiny()`: the `_TINY` values below."""
 
     num_joints: int = 25
     """V: joints per body; must be the layout's."""
@@ -31,7 +76,9 @@ class SCDConfig:
     d_model: int = 2048
     """Width of both transformer branches (the paper's d)."""
     num_heads: int = 8
+    """Attention heads of each transformer branch."""
     num_layers: int = 1
+    """Transformer encoder layers per branch."""
     dim_feedforward: int | None = None
     """Transformer feed-forward width; None means d_model, as the authors build it."""
     dropout: float = 0.1
@@ -41,8 +88,13 @@ class SCDConfig:
     queue_size: int = 8192
     """K: keys in each of the three queues; must be a multiple of the batch size."""
     temperature: float = 0.2
+    """T of every InfoNCE term."""
     momentum: float = 0.999
     """Key-encoder EMA coefficient."""
+
+    # A CPU-sized model: the same structure with narrow layers, a short window, a short queue
+    # and a faster-moving key encoder (the paper's 0.999 barely moves in a few hundred steps).
+    _TINY = dict(window=32, gcn_channels=8, d_model=128, num_heads=4, proj_dim=64, queue_size=1024, momentum=0.99)
 
     def __post_init__(self) -> None:
         checks = [
@@ -79,18 +131,6 @@ class SCDConfig:
         """Width of the downstream feature concat(vt, vs)."""
         return 2 * self.d_model
 
-    @classmethod
-    def paper(cls, **overrides) -> SCDConfig:
-        """The published configuration: 92,017,840 parameters per encoder."""
-        return cls(**overrides)
-
-    @classmethod
-    def tiny(cls, **overrides) -> SCDConfig:
-        """A CPU-sized model: same structure, narrow layers, a short window and queue."""
-        values = dict(window=32, gcn_channels=8, d_model=128, num_heads=4, proj_dim=64,
-                      queue_size=1024, momentum=0.99)
-        values.update(overrides)
-        return cls(**values)
 
 
 def _check_crop_ratio(ratio: tuple[float, float]) -> None:
@@ -99,39 +139,30 @@ def _check_crop_ratio(ratio: tuple[float, float]) -> None:
         raise ScdError(f"crop_ratio={ratio}: need 0 < low <= high <= 1")
 
 
-class _Presets:
-    """`paper()` is the dataclass defaults; `tiny()` applies the class's `_TINY` overrides."""
-
-    _TINY: dict = {}
-
-    @classmethod
-    def paper(cls, **overrides):
-        return cls(**overrides)
-
-    @classmethod
-    def tiny(cls, **overrides):
-        return cls(**{**cls._TINY, **overrides})
-
-
 @dataclass(kw_only=True)
 class PretrainConfig(_Presets):
     """MoCo pretraining schedule and view generation."""
 
     epochs: int = 451
+    """Passes over the training set."""
     batch_size: int = 64
+    """The global batch (split over the ranks under torchrun)."""
     lr: float = 0.01
+    """SGD learning rate of the query encoder."""
     lr_drop_epochs: tuple[int, ...] = (351,)
     """Epochs at which the learning rate is multiplied by 0.1."""
     sgd_momentum: float = 0.9
+    """SGD momentum."""
     weight_decay: float = 1e-4
+    """L2 weight decay of the query encoder."""
     crop_ratio: tuple[float, float] = (0.1, 1.0)
     """Range of the temporal crop ratio r."""
-    representation: str = "joint"
+    representation: Representation = "joint"
     """Input stream: joint, motion or bone."""
-    augment: str = "batched"
+    augment: AugmentMode = "batched"
     """View generation: "batched" (the Numba kernels, on the GPU when training there) or
     "reference" (the per-sample NumPy reference, for comparison)."""
-    queue_init: str = "random"
+    queue_init: QueueInit = "random"
     """How the three queues start: "random" (unit normal vectors, the paper's) or "keys" (the
     key encoder's keys of K / batch_size batches of real views, before the first step). With
     random queues SCD-Net's cross-head terms are lowered most by mapping every sample to one
@@ -144,6 +175,7 @@ class PretrainConfig(_Presets):
     older key has always left the queue; on a dataset not much larger than K it never has, and
     SCD-Net would push each query away from its own sample."""
     seed: int = 0
+    """Seeds the weights, the data order, the views and dropout."""
     checkpoint_every: int = 1
     """Epochs between checkpoints."""
     checkpoint_steps: int = 0
@@ -152,12 +184,12 @@ class PretrainConfig(_Presets):
     """Step checkpoints kept (best.pt and last.pt are kept besides)."""
     log_every: int = 10
     """Steps between host reads of the loss (progress bar, steps.csv, the non-finite guard)."""
-    compile: str = "auto"
+    compile: CompileMode = "auto"
     """torch.compile mode of both encoders: auto (default mode on CUDA, off on the CPU), off,
-    default, reduce-overhead, max-autotune."""
-    precision: str = "auto"
+    default, reduce-overhead, max-autotune, max-autotune-no-cudagraphs."""
+    precision: Precision = "auto"
     """auto (bf16 autocast on CUDA, fp32 on the CPU), fp32 or bf16."""
-    bn: str = "auto"
+    bn: BatchNormMode = "auto"
     """BatchNorm across ranks under torchrun: auto (shuffle when distributed), local, shuffle
     (MoCo's shuffle-BN for the key encoder) or sync (SyncBatchNorm, CUDA)."""
 
@@ -165,18 +197,14 @@ class PretrainConfig(_Presets):
         if min(self.checkpoint_every, self.keep_last, self.log_every) < 1 or self.checkpoint_steps < 0:
             raise ScdError("PretrainConfig: checkpoint_every, keep_last and log_every must be >= 1, "
                            "checkpoint_steps >= 0")
-        if self.representation not in ("joint", "motion", "bone"):
-            raise ScdError(f"representation={self.representation!r}: use joint, motion or bone")
-        if self.queue_init not in ("random", "keys"):
-            raise ScdError(f"queue_init={self.queue_init!r}: use random or keys")
-        if self.augment not in ("batched", "reference"):
-            raise ScdError(f"augment={self.augment!r}: use batched or reference")
+        _check_choices(self)
         if self.batch_size < 1 or self.epochs < 1:
             raise ScdError("PretrainConfig: batch_size and epochs must be >= 1")
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise ScdError(f"PretrainConfig: lr={self.lr} must be a finite number > 0")
         _check_crop_ratio(self.crop_ratio)
 
+    # 16 epochs with the drop at 13, and lr 0.1: ten times the paper's
     _TINY = dict(epochs=16, batch_size=64, lr=0.1, lr_drop_epochs=(13,))
 
 
@@ -185,13 +213,19 @@ class LinearConfig(_Presets):
     """Linear evaluation: frozen encoder (eval mode), a trained Linear classifier."""
 
     epochs: int = 80
+    """Passes of the classifier over the training features."""
     batch_size: int = 1024
+    """Features per classifier step."""
     lr: float | None = None
     """None: the authors' 2.0 on raw features, 0.1 on standardized ones."""
     lr_drop_epochs: tuple[int, ...] = (50, 70)
+    """Epochs at which the learning rate is multiplied by 0.1."""
     sgd_momentum: float = 0.9
+    """SGD momentum."""
     weight_decay: float = 0.0
+    """L2 weight decay of the classifier (the authors' 0)."""
     seed: int = 0
+    """Seeds the classifier's initialisation and the batch order."""
     standardize: bool = False
     """Z-score each feature with the training set's mean and std before the classifier (a
     frozen BatchNorm without affine, as MAE's linear probe). Off in the authors' protocol (the
@@ -205,6 +239,7 @@ class LinearConfig(_Presets):
             raise ScdError(f"LinearConfig: lr={self.lr}, epochs={self.epochs} and batch_size={self.batch_size} "
                            "must be > 0")
 
+    # standardized features (so lr 0.1) in batches of 256
     _TINY = dict(batch_size=256, standardize=True)
 
 
@@ -216,17 +251,24 @@ class FinetuneConfig(_Presets):
     these protocols without publishing their settings."""
 
     epochs: int = 100
+    """Passes over the labelled training samples."""
     batch_size: int = 128
+    """Labelled samples per step."""
     lr: float = 0.1
+    """SGD learning rate of the encoder and the classifier."""
     lr_drop_epochs: tuple[int, ...] = (80,)
+    """Epochs at which the learning rate is multiplied by 0.1."""
     sgd_momentum: float = 0.9
+    """SGD momentum."""
     weight_decay: float = 1e-4
+    """L2 weight decay of the encoder and the classifier."""
     crop_ratio: tuple[float, float] = (0.5, 1.0)
     """Training views are random temporal crops with r in this range, resized to the window (no
     other augmentation); test views are the evaluation centre crop."""
     eval_every: int = 5
     """Epochs between test evaluations (for the best-epoch figure); the last epoch always."""
     seed: int = 0
+    """Seeds the classifier's initialisation, the subset, the crops and the batch order."""
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1 or self.eval_every < 1:
@@ -235,6 +277,7 @@ class FinetuneConfig(_Presets):
             raise ScdError(f"FinetuneConfig: lr={self.lr} must be > 0")
         _check_crop_ratio(self.crop_ratio)
 
+    # 30 epochs (drop at 24) in batches of 32 at lr 0.01
     _TINY = dict(epochs=30, batch_size=32, lr=0.01, lr_drop_epochs=(24,), eval_every=10)
 
 

@@ -19,7 +19,7 @@ from scdfast.evaluation import (
 )
 from scdfast.evaluation import features
 from scdfast.evaluation.finetune import finetune
-from scdfast.evaluation.tsne import pca, tsne
+from scdfast.evaluation.projection import pca, tsne
 
 
 @pytest.mark.parametrize("fraction", [0.01, 0.1, 0.37, 1.0])
@@ -89,6 +89,22 @@ def small_sets():
     return generate(40, seed=0, num_classes=4, max_frames=80), generate(20, seed=1, num_classes=4, max_frames=80)
 
 
+def test_the_classifier_starts_as_the_authors_does():
+    """N(0, 0.01) weights and zero bias (the authors' action_classification.py), read back
+    through test features that pick the bias (a zero row) and each weight column (one-hots)."""
+    dim, classes = 2048, 10
+    train_x, train_y = torch.randn(16, dim), torch.arange(16) % classes
+    test_x = torch.cat([torch.zeros(1, dim), torch.eye(dim)])
+    config = LinearConfig(epochs=1, lr=1e-30, batch_size=16, seed=4)
+    logits = linear_probe(train_x, train_y, test_x, torch.zeros(dim + 1, dtype=torch.long), classes, config,
+                          torch.device("cpu")).logits
+    bias, weight = logits[0], logits[1:]
+    assert bias.abs().max() < 1e-20
+    assert abs(weight.std().item() - 0.01) < 2e-4 and abs(weight.mean().item()) < 2e-4
+    kurtosis = ((weight - weight.mean()) ** 4).mean() / weight.var() ** 2
+    assert abs(kurtosis.item() - 3.0) < 0.15, "normal, not PyTorch's default uniform (kurtosis 1.8)"
+
+
 def test_cached_and_exact_linear_evaluation_agree(small_sets):
     train, test = small_sets
     config = SCDConfig.tiny(window=16)
@@ -141,7 +157,7 @@ def test_tsne_keeps_separated_clusters_apart(rng):
     centres = rng.normal(scale=10.0, size=(3, 12))
     labels = np.repeat(np.arange(3), 30)
     x = torch.from_numpy(centres[labels] + rng.normal(size=(90, 12)))
-    y = tsne(x, perplexity=10.0, seed=int(rng.integers(1 << 30))).numpy()  # the default 750 iterations
+    y = tsne(x, perplexity=10.0, seed=int(rng.integers(1 << 30))).numpy()
     distance = ((y[:, None] - y[None]) ** 2).sum(-1)
     np.fill_diagonal(distance, np.inf)
     assert (labels[distance.argmin(axis=1)] == labels).mean() == 1.0

@@ -7,7 +7,7 @@ import io
 import numpy as np
 import torch
 
-from scdfast.evaluation.tsne import pca, tsne
+from scdfast.evaluation.projection import pca, tsne
 from scdfast.train.rundir import atomic_write
 
 EMBEDDINGS = ("pca", "tsne")

@@ -35,7 +35,10 @@ def _fit(features: Callable[[torch.Tensor], torch.Tensor], train_y: torch.Tensor
     samples idx (a tensor on `device`)."""
     generator = torch.Generator().manual_seed(config.seed)
     torch.manual_seed(config.seed)
-    fc = torch.nn.Linear(dim, num_classes).to(device)  # PyTorch's default init, as the authors' fc
+    fc = torch.nn.Linear(dim, num_classes).to(device)
+    with torch.no_grad():  # the authors' action_classification.py (MoCo's linear protocol): N(0, 0.01), zero bias
+        fc.weight.normal_(0.0, 0.01)
+        fc.bias.zero_()
     optimizer = torch.optim.SGD(fc.parameters(), lr=config.lr, momentum=config.sgd_momentum,
                                 weight_decay=config.weight_decay)
     train_y, test_y = train_y.to(device), test_y.to(device)

@@ -1,7 +1,8 @@
 """SCDNet: query encoder, momentum key encoder and three key queues (MoCo).
 
-The queues are stored (K, D), one row per key, so enqueueing writes contiguous rows and
-the fused loss streams rows. Queue pointers stay on the device: no host read per step.
+The queues are scdfast.nn.MemoryBank modules: (K, D), one row per key, so enqueueing writes
+contiguous rows and the fused loss streams rows in place; their pointers stay on the device,
+so no step reads one back.
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from torch import nn
 
 from scdfast.config import SCDConfig
 from scdfast.models.encoder import PretrainingEncoder
+from scdfast.nn.memory_bank import MemoryBank
 
 QUEUE_NAMES = ("temporal", "spatial", "instance")
 
@@ -30,18 +32,30 @@ class SCDNet(nn.Module):
         self.query_encoder = PretrainingEncoder(config)
         self.key_encoder = copy.deepcopy(self.query_encoder)
         self.key_encoder.requires_grad_(False)
-        for name in QUEUE_NAMES:
-            queue = F.normalize(torch.randn(config.queue_size, config.proj_dim), dim=1)
-            self.register_buffer(f"{name}_queue", queue)                               # K, D
-            self.register_buffer(f"{name}_queue_ptr", torch.zeros(1, dtype=torch.long))
-        # The sample of each queue row, -1 where unknown (one row of each queue holds one
-        # sample's keys). Not in the state dict, which stays the authors' layout.
-        self.register_buffer("queue_ids", torch.full((config.queue_size,), -1, dtype=torch.long), persistent=False)
+        # One bank per head, filled together. The instance bank also keeps each row's sample
+        # (-1 where unknown), shared by all three since their pointers move together; it is not
+        # in the state dict, which stays the authors' layout (keys `<head>_queue`, `<head>_queue_ptr`).
+        self.banks = nn.ModuleDict({name: MemoryBank(config.queue_size, config.proj_dim, track_ids=name == "instance",
+                                                     persistent_ids=False) for name in QUEUE_NAMES})
+        self.register_state_dict_post_hook(_authors_queue_names)
+        self.register_load_state_dict_pre_hook(_bank_names)
 
     @property
     def queues(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(temporal, spatial, instance) queues, each (K, D)."""
-        return self.temporal_queue, self.spatial_queue, self.instance_queue
+        """(temporal, spatial, instance) queues, each (K, D), in place."""
+        return tuple(self.banks[name].keys for name in QUEUE_NAMES)
+
+    @property
+    def queue_ids(self) -> torch.Tensor:
+        """(K,) the sample of each queue row, -1 where unknown."""
+        return self.banks["instance"].ids
+
+    def __getattr__(self, name: str):
+        head, _, field = name.partition("_queue")  # temporal_queue, temporal_queue_ptr, ...
+        if head in QUEUE_NAMES and field in ("", "_ptr"):
+            bank = self.banks[head]
+            return bank.ptr if field else bank.keys
+        return super().__getattr__(name)
 
     @torch.no_grad()
     def momentum_update(self) -> None:
@@ -66,11 +80,21 @@ class SCDNet(nn.Module):
         """Write the batch's keys at each queue's pointer and advance it, on the device; with
         `ids` (N,), their samples into `queue_ids` (give ids with every enqueue or with none)."""
         for name, k in zip(QUEUE_NAMES, keys):
-            queue = getattr(self, f"{name}_queue")
-            ptr = getattr(self, f"{name}_queue_ptr")
-            n, size = k.shape[0], queue.shape[0]
-            rows = (ptr + torch.arange(n, device=ptr.device)) % size                    # N
-            queue.index_copy_(0, rows, k.to(queue.dtype))
-            ptr.add_(n).remainder_(size)
-        if ids is not None:  # the pointers move together: the last queue's rows are every queue's
-            self.queue_ids.index_copy_(0, rows, ids.to(self.queue_ids.device))
+            bank = self.banks[name]
+            if name == "instance" and ids is None:  # rows written without ids: their samples are unknown
+                ids = torch.full((k.shape[0],), -1, dtype=torch.long, device=bank.ids.device)
+            bank.enqueue(k, ids if name == "instance" else None)
+
+
+def _authors_queue_names(module, state_dict, prefix, local_metadata) -> None:
+    """banks.<head>.keys / .ptr -> <head>_queue / <head>_queue_ptr, the layout of SCD-Net's checkpoints."""
+    for name in QUEUE_NAMES:
+        for field, flat in (("keys", f"{name}_queue"), ("ptr", f"{name}_queue_ptr")):
+            state_dict[prefix + flat] = state_dict.pop(f"{prefix}banks.{name}.{field}")
+
+
+def _bank_names(module, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs) -> None:
+    for name in QUEUE_NAMES:
+        for field, flat in (("keys", f"{name}_queue"), ("ptr", f"{name}_queue_ptr")):
+            if prefix + flat in state_dict:
+                state_dict[f"{prefix}banks.{name}.{field}"] = state_dict.pop(prefix + flat)

@@ -15,6 +15,7 @@ import torch
 import torch.distributed as dist
 
 from scdfast.errors import ScdError
+from scdfast.losses.gather import gather
 
 
 @dataclass
@@ -44,12 +45,9 @@ class Distributed:
         per = batch_size // self.world_size
         return self.rank * per, (self.rank + 1) * per
 
-    @torch.no_grad()
     def gather(self, t: torch.Tensor) -> torch.Tensor:
         """Every rank's `t` concatenated along dim 0, in rank order (no gradient)."""
-        parts = [torch.empty_like(t) for _ in range(self.world_size)]
-        dist.all_gather(parts, t.contiguous())
-        return torch.cat(parts)
+        return gather(t)
 
     def shuffled_keys(self, encode, key_view: torch.Tensor, generator: torch.Generator) -> tuple:
         """MoCo's shuffle-BN: the global key batch is permuted across ranks before the key

@@ -11,6 +11,7 @@ import contextlib
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
+from scdfast.config import PretrainConfig, choices
 from scdfast.errors import ScdError
 from scdfast.losses import scd_loss
 from scdfast.models import SCDNet
@@ -18,9 +19,10 @@ from scdfast.models.moco import unit_clues
 from scdfast.train.distributed import Distributed
 from scdfast.train.phases import PhaseTimer
 
-COMPILE_MODES = ("auto", "off", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
-PRECISIONS = ("auto", "fp32", "bf16")
-BN_MODES = ("local", "shuffle", "sync")
+# one source for each choice: the config's Literal types (the step also takes them from Python)
+COMPILE_MODES = choices(PretrainConfig, "compile")
+PRECISIONS = choices(PretrainConfig, "precision")
+BN_MODES = tuple(mode for mode in choices(PretrainConfig, "bn") if mode != "auto")  # "auto" is resolved before
 
 
 def resolve_compile(mode: str, device: torch.device) -> str | None:

@@ -1,0 +1,87 @@
+"""What a pretraining run reports as it goes, behind one object: the progress bar, steps.csv
+(the loss at every log interval), metrics.csv (one row per epoch), TensorBoard, and
+curves.png when the run ends, however it ends."""
+from __future__ import annotations
+
+import csv
+import os
+
+from tqdm.auto import tqdm
+
+from scdfast.train.plots import plot_curves
+from scdfast.train.rundir import MetricsCSV, atomic_write
+
+METRIC_FIELDS = ["epoch", "step", "loss", "lr", "samples_per_s", "data_s", "compute_s"]
+
+
+def _tensorboard(run_dir: str):
+    """A TensorBoard writer for run_dir/tensorboard, or None where tensorboard is missing."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        return None
+    return SummaryWriter(os.path.join(run_dir, "tensorboard"))
+
+
+def truncate_csv(path: str, column: str, last: int) -> None:
+    """Drop rows whose `column` exceeds `last`: what a killed run logged past its checkpoint."""
+    if not os.path.exists(path):
+        return
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+        fields = rows[0].keys() if rows else None
+    if fields is None:
+        return
+    kept = [r for r in rows if int(r[column]) <= last]
+
+    def write(f):
+        w = csv.DictWriter(f, fieldnames=list(fields))
+        w.writeheader()
+        w.writerows(kept)
+    atomic_write(path, write, mode="w")
+
+
+class RunLog:
+    """The run's logs. On a rank other than 0 (`enabled=False`) it writes nothing; a resumed
+    run first drops what the stopped one logged past its checkpoint (`resumed_at`)."""
+
+    def __init__(self, run_dir: str, total_steps: int, step: int, enabled: bool, progress: bool,
+                 resumed_at: int | None = None):
+        self.run_dir, self.enabled = run_dir, enabled
+        if resumed_at is not None:
+            for name in ("steps.csv", "metrics.csv"):
+                truncate_csv(os.path.join(run_dir, name), "step", resumed_at)
+        self.metrics = MetricsCSV(os.path.join(run_dir, "metrics.csv"), METRIC_FIELDS, enabled=enabled)
+        self.steps = MetricsCSV(os.path.join(run_dir, "steps.csv"), ["step", "loss"], enabled=enabled)
+        self.board = _tensorboard(run_dir) if enabled else None
+        self.bar = tqdm(total=total_steps, initial=step, desc="pretrain", unit="step",
+                        disable=not (progress and enabled), dynamic_ncols=True)
+
+    def step_done(self) -> None:
+        self.bar.update(1)
+
+    def interval(self, step: int, loss: float, lr: float, epoch: int, data_s: float, compute_s: float) -> None:
+        """The mean loss of the steps since the last interval."""
+        self.steps.write(step=step, loss=repr(loss))
+        if self.board is not None:
+            self.board.add_scalar("loss/step", loss, step)
+            self.board.add_scalar("lr", lr, step)
+        self.bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.3g}", epoch=epoch, data=f"{data_s:.1f}s",
+                             compute=f"{compute_s:.1f}s")
+
+    def epoch(self, epoch: int, step: int, loss: float, lr: float, samples_per_s: float, data_s: float,
+              compute_s: float) -> None:
+        if self.board is not None:
+            self.board.add_scalar("loss/epoch", loss, step)
+            self.board.add_scalar("samples_per_s", samples_per_s, step)
+        self.metrics.write(epoch=epoch, step=step, loss=f"{loss:.6f}", lr=f"{lr:.6g}",
+                           samples_per_s=f"{samples_per_s:.1f}", data_s=f"{data_s:.3f}", compute_s=f"{compute_s:.3f}")
+
+    def close(self) -> None:
+        self.bar.close()
+        self.metrics.close()
+        self.steps.close()
+        if self.board is not None:
+            self.board.close()
+        if self.enabled:
+            plot_curves(self.run_dir)  # also after a crash or a stop: the figure of what ran
