@@ -66,7 +66,7 @@ def baseline(model_config, config, data, device, steps, warmup, workers):
             loss.backward()
             optimizer.step()
             model.enqueue(keys)
-            loss.item(), int(model.instance_queue_ptr)  # the host reads the authors' loop makes
+            loss.item(), int(model.banks["instance"].ptr)  # the host reads the authors' loop makes
             done += 1
             if done == warmup + steps:
                 break

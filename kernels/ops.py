@@ -209,17 +209,11 @@ def fused_in_batch(x, k, y, inv_t, k_shift, in_batch, row_ids=None, col_ids=None
                           _ids(col_labels), self_in_columns, precision)
 
 
-def fused_nt_xent_rows(z, inv_t, labels=None, precision="tf32"):
-    """(2N,) losses of SimCLR's 2N views z = [z1; z2]: view i's positive is view (i + N) % 2N
-    (or, with labels (2N,), every other view of its label) and every other view a negative."""
-    n = z.shape[0] // 2
-    return fused_in_batch(z, z, z, inv_t, n, EXCLUDE_SELF_AND_POSITIVE, row_labels=labels, col_labels=labels,
-                          self_in_columns=True, precision=precision)[0]
-
-
-def fused_supcon_rows(z, inv_t, labels, k_shift, precision="tf32"):
-    """((M,) losses, (M,) positives) of SupCon's M anchors z against each other; `k_shift` names
-    any other row as the kernels' positive (the result does not depend on which)."""
+def fused_views_rows(z, inv_t, k_shift, labels=None, precision="tf32"):
+    """((M,) losses, (M,) positives) of M views z against each other, each view's own row
+    excluded: NT-Xent over [z1; z2] (k_shift N, the pair as the positive) or, with labels (M,),
+    SupCon's L_out (k_shift names any other row as the kernels' positive; the result does not
+    depend on which)."""
     return fused_in_batch(z, z, z, inv_t, k_shift, EXCLUDE_SELF_AND_POSITIVE, row_labels=labels, col_labels=labels,
                           self_in_columns=True, precision=precision)
 

@@ -38,28 +38,20 @@ def read_config_file(path: str) -> dict[str, dict]:
     """{section: {field: value}} from a JSON, TOML or YAML file; other top-level keys (a run's
     config.json also records its command, data and device) are not settings and are left."""
     extension = os.path.splitext(path)[1].lower()
+    if extension not in (".json", ".toml", ".yaml", ".yml"):
+        raise ScdError(f"--config {path}: expected a .json, .toml or .yaml file")
+    with open(path, "rb") as f:
+        text = f.read()
     try:
-        with open(path, "rb") as f:
-            if extension == ".json":
-                values = json.load(f)
-            elif extension == ".toml":
-                import tomllib
-                values = tomllib.load(f)
-            elif extension in (".yaml", ".yml"):
-                try:
-                    import yaml
-                except ImportError:
-                    raise ScdError(f"--config {path}: reading YAML needs PyYAML (pip install pyyaml); "
-                                   "or give the same sections as JSON or TOML") from None
-                values = yaml.safe_load(f)
-            else:
-                raise ScdError(f"--config {path}: expected a .json, .toml or .yaml file")
-    except (ValueError, UnicodeDecodeError) as e:  # JSON, TOML and YAML parse errors are ValueErrors or YAMLErrors
+        if extension == ".json":
+            values = json.loads(text)
+        elif extension == ".toml":
+            import tomllib
+            values = tomllib.loads(text.decode())
+        else:
+            values = _load_yaml(path, text)
+    except (ValueError, UnicodeDecodeError) as e:  # every format's parse errors are ValueErrors
         raise ScdError(f"--config {path}: not valid {extension[1:].upper()}: {str(e).splitlines()[0]}") from None
-    except Exception as e:  # noqa: BLE001 - yaml.YAMLError without importing yaml here
-        if type(e).__module__.startswith("yaml"):
-            raise ScdError(f"--config {path}: not valid YAML: {str(e).splitlines()[0]}") from None
-        raise
     if not isinstance(values, dict):
         raise ScdError(f"--config {path}: expected sections ({', '.join(SECTIONS)}) at the top level")
     out = {}
@@ -72,6 +64,19 @@ def read_config_file(path: str) -> dict[str, dict]:
             _check_field(f"--config {path}", section, name)
         out[section] = {k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()}
     return out
+
+
+def _load_yaml(path: str, text: bytes):
+    """PyYAML's safe load, its parse errors as ValueErrors, or a one-line error naming it."""
+    try:
+        import yaml
+    except ImportError:
+        raise ScdError(f"--config {path}: reading YAML needs PyYAML (pip install pyyaml); "
+                       "or give the same sections as JSON or TOML") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ValueError(str(e)) from None
 
 
 def _convert(text: str, kind, where: str):

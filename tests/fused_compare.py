@@ -54,10 +54,10 @@ def compare(fused_fn, ref_fn, inputs, precision, device, consts=()):
         if got.numel() == 1 and precision == "bf16":
             # one value from bf16 inputs (a loss, a temperature's gradient: sums of rounded terms that
             # cancel) has no average to hide its rounding in, and one draw of plain PyTorch's error
-            # can be lucky: over 40 seeds of the SupCon case the kernel's median error on the
-            # temperature's gradient was 0.0029 against plain PyTorch's 0.0037, its largest 0.0115;
-            # two ulps of bf16 (2**-6) cover that
-            allowed += 2.0 ** -6
+            # can be lucky; it gets one bf16 ulp (2**-7), the resolution of what it was computed
+            # from. Over 40 seeds of the SupCon case the kernel's error on the temperature's
+            # gradient had median 0.0019 and largest 0.0070; plain PyTorch's 0.0028 and 0.029.
+            allowed += 2.0 ** -7
         assert err <= allowed, f"{what}: relative error {err:.3g} > {allowed:.3g} ({precision})"
         errors.append(err)
     return errors

@@ -55,7 +55,7 @@ def _worker(rank: int, port: int, out: str, bn: str) -> None:
         losses.append(distributed.mean(step(q[lo:hi], k[lo:hi])).item())
     checks = {
         "queues_equal": all(distributed.all_equal(q) for q in model.queues),
-        "pointers_equal": distributed.all_equal(model.instance_queue_ptr),
+        "pointers_equal": distributed.all_equal(model.banks["instance"].ptr),
         "params_equal": all(distributed.all_equal(p.detach()) for p in model.query_encoder.parameters()),
         "key_params_equal": all(distributed.all_equal(p) for p in model.key_encoder.parameters()),
     }

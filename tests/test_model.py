@@ -84,8 +84,9 @@ def test_enqueue_wraps_and_pointer_stays_on_device():
         keys = tuple(torch.full((4, config.proj_dim), float(step * 10 + i)) for i in range(3))
         model.enqueue(keys)
     # 4 batches of 4 into 12 rows: rows 0-3 hold step 3, rows 4-7 step 1, rows 8-11 step 2
-    assert model.temporal_queue[0, 0] == 30 and model.spatial_queue[5, 0] == 11 and model.instance_queue[9, 0] == 22
-    assert int(model.temporal_queue_ptr) == 4 and model.temporal_queue_ptr.dtype == torch.long
+    temporal, spatial, instance = model.queues
+    assert temporal[0, 0] == 30 and spatial[5, 0] == 11 and instance[9, 0] == 22
+    assert int(model.banks["temporal"].ptr) == 4 and model.banks["temporal"].ptr.dtype == torch.long
 
 
 def test_momentum_update_is_an_ema():

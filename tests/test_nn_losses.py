@@ -262,6 +262,8 @@ def test_memory_bank_wraps_around_with_ids(dtype):
     assert bank.keys[:, 0].tolist() == [2.0, 0.0, 1.0, 1.0, 2.0]
     assert bank.ids.tolist() == [21, 1, 10, 11, 20]
     assert int(bank.ptr) == 1
+    bank.enqueue(torch.zeros(2, 3))  # keys without ids: their rows' samples are unknown
+    assert bank.ids.tolist() == [21, -1, -1, 11, 20]
 
 
 def test_memory_bank_resumes_bitwise_from_its_state_dict():
@@ -304,7 +306,6 @@ BAD_INPUT = [
     (lambda: InfoNCELoss(memory_bank=MemoryBank(8, 6))(unit(4, 8), unit(4, 8)), "width 8 differs from the memory bank's 6"),
     (lambda: MemoryBank(8, 6).enqueue(unit(4, 5)), "width 5 differs from the memory bank's 6"),
     (lambda: MemoryBank(8, 6).enqueue(unit(4, 6), torch.arange(4)), "track_ids=False"),
-    (lambda: MemoryBank(8, 6, track_ids=True).enqueue(unit(4, 6)), "ids are required"),
     (lambda: infonce(unit(2, 8), unit(2, 8), unit(5, 8), 0.0), "temperature=0.0: must be finite and > 0"),
     (lambda: infonce(unit(2, 8), unit(2, 8), unit(5, 8), -0.1), "must be finite and > 0"),
     (lambda: nt_xent(unit(2, 8), unit(2, 8), math.nan), "temperature=nan"),

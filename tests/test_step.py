@@ -96,7 +96,7 @@ def test_queue_fill_writes_the_initial_key_encoders_keys():
     expected = [torch.cat(keys) for keys in zip(*(reference.encode_keys(v) for v in views))]
     for queue, want in zip(model.queues, expected):
         torch.testing.assert_close(queue, want)
-    assert all(int(getattr(model, f"{name}_queue_ptr")) == 0 for name in QUEUE_NAMES), "K keys: back at the start"
+    assert all(int(model.banks[name].ptr) == 0 for name in QUEUE_NAMES), "K keys: back at the start"
 
 
 def test_queue_fill_batches_cover_the_data_apart_from_training_order():

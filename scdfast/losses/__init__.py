@@ -151,6 +151,12 @@ def _reduce(rows: torch.Tensor, reduction: str, count: torch.Tensor | None = Non
     return total / count.clamp_min(1) if count is not None else total / rows.shape[0]
 
 
+def _unit(x: torch.Tensor) -> torch.Tensor:
+    """x / ||x|| computed in at least fp32 and rounded once to x's dtype (in bf16 the norm
+    would be rounded too)."""
+    return F.normalize(x.to(torch.promote_types(x.dtype, torch.float32)), dim=1).to(x.dtype)
+
+
 def _inv_t(temperature, device: torch.device) -> torch.Tensor:
     """1 / T as the fused kernels read it: a () fp32 tensor on `device`, differentiable when T is."""
     if isinstance(temperature, torch.Tensor):
@@ -209,12 +215,12 @@ def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature=0.5, backend: str = 
     n = z1.shape[0]
     z = torch.cat([z1, z2])
     if normalize:
-        z = F.normalize(z, dim=1)
+        z = _unit(z)
     fused = resolve_backend(backend, precision, z1, z2) == "triton"
     if not gather_distributed:
         if fused:
-            from scdfast.kernels.ops import fused_nt_xent_rows
-            rows = fused_nt_xent_rows(z, _inv_t(temperature, z.device), _views(labels), precision)
+            from scdfast.kernels.ops import fused_views_rows
+            rows = fused_views_rows(z, _inv_t(temperature, z.device), n, _views(labels), precision)[0]
         else:
             rows = reference.nt_xent_ref(z[:n], z[n:], temperature, labels=labels)
         return _reduce(rows, reduction)
@@ -273,7 +279,7 @@ def nt_xent_pairs(embeddings: torch.Tensor, labels: torch.Tensor, temperature=0.
     checks.finite(embeddings=embeddings)
     checks.run()
     if normalize:
-        embeddings = F.normalize(embeddings, dim=1)
+        embeddings = _unit(embeddings)
     anchors, positives = positive_pairs(labels)
     if anchors.numel() == 0:  # no label seen twice: nothing to contrast (a zero that keeps the graph)
         return embeddings[:0, 0] if reduction == "none" else embeddings.sum() * 0.0
@@ -318,12 +324,12 @@ def supcon(features: torch.Tensor, labels: torch.Tensor, temperature=0.1, backen
     checks.run()
     z = features.transpose(0, 1).reshape(views * n, d)
     if normalize:
-        z = F.normalize(z, dim=1)
+        z = _unit(z)
     anchor_labels = labels.repeat(views)
     if resolve_backend(backend, precision, z) == "triton":
-        from scdfast.kernels.ops import fused_supcon_rows
-        rows, npos = fused_supcon_rows(z, _inv_t(temperature, z.device), anchor_labels, n if views > 1 else 1,
-                                       precision)
+        from scdfast.kernels.ops import fused_views_rows
+        rows, npos = fused_views_rows(z, _inv_t(temperature, z.device), n if views > 1 else 1, anchor_labels,
+                                      precision)
         rows = torch.where(npos > 0, rows, torch.zeros_like(rows))
     else:
         index = torch.arange(views * n, device=z.device)
@@ -359,7 +365,7 @@ def clip_loss(a: torch.Tensor, b: torch.Tensor, temperature=0.07, backend: str =
     checks.finite(a=a, b=b)
     checks.run()
     if normalize:
-        a, b = F.normalize(a, dim=1), F.normalize(b, dim=1)
+        a, b = _unit(a), _unit(b)
     fused = resolve_backend(backend, precision, a, b) == "triton"
     inv_t = None
     if fused:  # open_clip's logit_scale is 1 / T itself: no reciprocal on its gradient's way

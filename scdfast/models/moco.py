@@ -50,13 +50,6 @@ class SCDNet(nn.Module):
         """(K,) the sample of each queue row, -1 where unknown."""
         return self.banks["instance"].ids
 
-    def __getattr__(self, name: str):
-        head, _, field = name.partition("_queue")  # temporal_queue, temporal_queue_ptr, ...
-        if head in QUEUE_NAMES and field in ("", "_ptr"):
-            bank = self.banks[head]
-            return bank.ptr if field else bank.keys
-        return super().__getattr__(name)
-
     @torch.no_grad()
     def momentum_update(self) -> None:
         """key = m * key + (1 - m) * query, over all parameters in two fused multi-tensor ops."""
@@ -80,10 +73,7 @@ class SCDNet(nn.Module):
         """Write the batch's keys at each queue's pointer and advance it, on the device; with
         `ids` (N,), their samples into `queue_ids` (give ids with every enqueue or with none)."""
         for name, k in zip(QUEUE_NAMES, keys):
-            bank = self.banks[name]
-            if name == "instance" and ids is None:  # rows written without ids: their samples are unknown
-                ids = torch.full((k.shape[0],), -1, dtype=torch.long, device=bank.ids.device)
-            bank.enqueue(k, ids if name == "instance" else None)
+            self.banks[name].enqueue(k, ids if name == "instance" else None)
 
 
 def _authors_queue_names(module, state_dict, prefix, local_metadata) -> None:

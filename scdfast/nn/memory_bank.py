@@ -16,7 +16,7 @@ class MemoryBank(nn.Module):
     (dim, size) view for code written for MoCo's layout is `bank.keys.t()`, also no copy. The
     write pointer stays on the device, so `enqueue` never waits for the GPU. With
     `track_ids`, the bank also keeps each row's sample id (-1 until written), which the losses
-    use to leave a query's own older keys out of its negatives. Everything is in `state_dict`,
+    use to leave a query's own older keys out of its negatives (-1 where unknown). Everything is in `state_dict`,
     so a resumed run continues with the same queue.
 
     Args:
@@ -56,14 +56,14 @@ class MemoryBank(nn.Module):
 
     @torch.no_grad()
     def enqueue(self, keys: torch.Tensor, ids: torch.Tensor | None = None) -> None:
-        """Write `keys` (N, D) (and their `ids` (N,)) at the pointer, oldest rows first out."""
+        """Write `keys` (N, D) at the pointer, oldest rows first out; with track_ids, their
+        `ids` (N,), or -1 (unknown) for each row when none are given."""
         if not isinstance(keys, torch.Tensor) or keys.dim() != 2:
             raise ScdError(f"MemoryBank.enqueue: keys must be (N, {self.dim}), got "
                            f"{tuple(keys.shape) if isinstance(keys, torch.Tensor) else type(keys).__name__}")
         self.check_width("MemoryBank.enqueue: keys", keys.shape[1])
-        if (ids is None) != (self.ids is None):
-            raise ScdError("MemoryBank.enqueue: ids are required with track_ids=True" if ids is None
-                           else "MemoryBank.enqueue: ids given, but the bank was built with track_ids=False")
+        if ids is not None and self.ids is None:
+            raise ScdError("MemoryBank.enqueue: ids given, but the bank was built with track_ids=False")
         if ids is not None and ids.shape != (keys.shape[0],):
             raise ScdError(f"MemoryBank.enqueue: ids must be ({keys.shape[0]},), got {tuple(ids.shape)}")
         if self.gather_distributed:
@@ -77,6 +77,8 @@ class MemoryBank(nn.Module):
         self.keys.index_copy_(0, rows, keys.to(self.keys.dtype))
         if ids is not None:
             self.ids.index_copy_(0, rows, ids.to(self.ids.device, torch.long))
+        elif self.ids is not None:  # keys of unknown samples: they exclude nothing
+            self.ids.index_fill_(0, rows, -1)
         self.ptr.add_(n).remainder_(self.size)
 
     def forward(self) -> torch.Tensor:

@@ -118,7 +118,8 @@ class LossMeter:
         """The mean over the steps since the last call (and over ranks): one host read."""
         total = distributed.mean(self.interval_sum) if distributed is not None else self.interval_sum
         value = total.item() / self.pending
-        self.interval_sum, self.pending = torch.zeros((), device=self.device), 0
+        self.interval_sum.zero_()
+        self.pending = 0
         return value
 
     def epoch_mean(self, distributed: Distributed | None) -> float:
