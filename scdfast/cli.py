@@ -1,4 +1,4 @@
-"""The `scdfast` command line: pretrain, the downstream protocols, report, prepare.
+"""The `scdfast` command line: pretrain, the downstream protocols, report, diagnose, prepare.
 
 Only this module parses arguments; everything it calls takes config dataclasses. A user
 error (ScdError, a missing file) prints one line and exits with status 2.
@@ -22,10 +22,11 @@ EXIT_USER_ERROR = 2
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset", choices=PRESETS, default="paper",
                         help="'paper' is the published setting (default). 'tiny' is CPU-sized: window 32, "
-                             "CTR-GCN width 8, d_model 128, 4 heads, projections 64, and also 1,024 queued keys, "
-                             "key momentum 0.99; pretraining 16 epochs at lr 0.1 (ten times the paper's), drop "
-                             "at 13; linear evaluation on standardized features in batches of 256; fine-tuning "
-                             "30 epochs at lr 0.01 in batches of 32 (scdfast/config.py's _TINY lists)")
+                             "CTR-GCN width 8, d_model 128, 4 heads, projections 64, 1,024 queued keys; pretraining "
+                             "16 epochs (drop at 13) at the paper's lr 0.01 and key momentum 0.999, with the queues "
+                             "filled with real keys first (--queue-init random is the paper's); linear evaluation "
+                             "on standardized features in batches of 256; fine-tuning 30 epochs at lr 0.01 in "
+                             "batches of 32 (scdfast/config.py's _TINY lists)")
     parser.add_argument("--data", default="synthetic",
                         help="'synthetic' (the built-in generated dataset on NTU's 25 joints, default), "
                              "'synthetic:kinect20' or 'synthetic:sbu15' (the same bodies on those layouts), or a "
@@ -200,6 +201,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("runs", nargs="+", metavar="RUN", help="protocol run directories (or their results.json)")
     p.add_argument("--out", help="also write the table to this file")
 
+    p = commands.add_parser("diagnose", help="collapse readings of a run or checkpoint (the pretraining monitor's)",
+                            description="Read a checkpoint's encoder on up to --samples training samples and "
+                                        "print the pretraining collapse monitor's readings, in train mode (as "
+                                        "pretraining sees it) and in eval mode (what the protocols read): per "
+                                        "projection head the std of the unit projections x sqrt(dim) (near 1 "
+                                        "healthy, below 0.05 in any head collapse) and RankMe (effective rank), and the "
+                                        "downstream feature's spread (||std|| / ||mean|| over the samples). "
+                                        "Takes scdfast's pretraining and downstream checkpoints and the authors'.")
+    p.add_argument("checkpoint", metavar="RUN_OR_CHECKPOINT",
+                   help="a pretraining run directory (its checkpoints/last.pt) or a checkpoint file, a "
+                        "fine-tuned one in a protocol run's checkpoints/ included")
+    p.add_argument("--data", help="the dataset to read samples from: 'synthetic' or a dataset directory "
+                                  "(default: the one the checkpoint records, where it is still there)")
+    p.add_argument("--samples", type=int, default=256, help="training samples read (default 256)")
+    p.add_argument("--device", default="auto", help="auto (CUDA when present, default), cpu, cuda or cuda:N")
+    p.add_argument("--seed", type=int, default=0, help="picks the samples and the dropout (default 0)")
+    p.add_argument("--json", metavar="FILE", help="also write the readings as JSON")
+
     p = commands.add_parser("doctor", help="compile the GPU kernels for sm_90 and sm_80 and check them (no GPU needed)",
                             description="Compile every Triton loss-kernel configuration the launchers can choose "
                                         "and the Numba CUDA augmentation kernels with the real compilers for "
@@ -318,6 +337,8 @@ def _run_pretrain(args: argparse.Namespace) -> None:
     print(f"done: {result.steps} steps in {result.seconds:.0f} s, final loss {result.final_loss:.4f}; "
           f"checkpoint {result.checkpoint}")
     print(f"throughput: {result.report()}")
+    if result.collapse_report():
+        print(result.collapse_report())
 
 
 def _run_protocol(args: argparse.Namespace) -> None:
@@ -397,6 +418,20 @@ def _run_prepare(args: argparse.Namespace) -> None:
           f"{counts['frames']} frames" + (f"; skipped {counts['skipped']} (see skipped.txt)" if counts["skipped"] else ""))
 
 
+def _run_diagnose(args: argparse.Namespace) -> None:
+    from scdfast.evaluation.diagnose import diagnose, format_report
+    from scdfast.train.device import resolve_device
+    from scdfast.train.rundir import atomic_write
+
+    if args.samples < 2:
+        raise ScdError(f"--samples {args.samples}: the readings need at least 2 samples")
+    data = _data_source(args.data) if args.data else None
+    report = diagnose(args.checkpoint, data, args.samples, args.seed, resolve_device(args.device))
+    print(format_report(report))
+    if args.json:
+        atomic_write(args.json, lambda f: json.dump(report, f, indent=1), mode="w")
+
+
 def _run_doctor(args: argparse.Namespace) -> int:
     from scdfast.doctor import print_report, run_in_child
     from scdfast.train.rundir import atomic_write
@@ -421,6 +456,8 @@ def main(argv: list[str] | None = None) -> int:
             _run_prepare(args)
         elif args.command == "report":
             _run_report(args)
+        elif args.command == "diagnose":
+            _run_diagnose(args)
         else:
             _run_protocol(args)
     except (ScdError, FileNotFoundError, PermissionError) as exc:

@@ -2,8 +2,9 @@
 
 Every default is the paper's (SCDNET.md). The `tiny()` presets exist so that a CPU can run the
 whole pipeline in minutes; each class's `_TINY` lists exactly what they change. Besides sizes
-and schedule lengths, tiny pretraining also changes the method's settings: lr 0.1 (the paper's
-0.01), key momentum 0.99 (0.999) and 1,024 queued keys (8,192).
+and schedule lengths, tiny pretraining changes two of the method's settings: 1,024 queued keys
+(the paper's 8,192), and queues that start with real keys rather than random vectors, without
+which a run this short collapses (benchmarks/ACCURACY.md).
 
 A field with a fixed set of values is typed `Literal[...]`: `__post_init__` checks it, and the
 command line's `choices=` are read from it (`choices(PretrainConfig, "compile")`).
@@ -92,9 +93,10 @@ class SCDConfig(_Presets):
     momentum: float = 0.999
     """Key-encoder EMA coefficient."""
 
-    # A CPU-sized model: the same structure with narrow layers, a short window, a short queue
-    # and a faster-moving key encoder (the paper's 0.999 barely moves in a few hundred steps).
-    _TINY = dict(window=32, gcn_channels=8, d_model=128, num_heads=4, proj_dim=64, queue_size=1024, momentum=0.99)
+    # A CPU-sized model: the same structure with narrow layers, a short window and a short
+    # queue; temperature and key momentum are the paper's (a faster key encoder, 0.99, was
+    # measured to lose more action information in 240 steps: benchmarks/ACCURACY.md)
+    _TINY = dict(window=32, gcn_channels=8, d_model=128, num_heads=4, proj_dim=64, queue_size=1024)
 
     def __post_init__(self) -> None:
         checks = [
@@ -164,11 +166,12 @@ class PretrainConfig(_Presets):
     "reference" (the per-sample NumPy reference, for comparison)."""
     queue_init: QueueInit = "random"
     """How the three queues start: "random" (unit normal vectors, the paper's) or "keys" (the
-    key encoder's keys of K / batch_size batches of real views, before the first step). With
-    random queues SCD-Net's cross-head terms are lowered most by mapping every sample to one
-    direction, until the random keys have left the queue; at the paper's length the run
-    recovers, but a short run keeps the collapsed features (their spread falls to about 1% of
-    their mean). Real keys leave no such shortcut (benchmarks/ACCURACY.md has both measured)."""
+    key encoder's keys of K / batch_size batches of real views, before the first step; the tiny
+    preset's). With random queues SCD-Net's cross-head terms are lowered most by mapping every
+    sample to one direction, until the random keys have left the queue; a run of a few hundred
+    steps keeps the collapsed features (their spread falls to about 1% of their mean) and
+    fine-tuning from them ended at chance. Real keys leave no such shortcut
+    (benchmarks/ACCURACY.md has both measured)."""
     exclude_own_keys: bool = False
     """Leave a queued key of the query's own sample out of its negatives (the keys carry their
     sample ids). Off in the paper's recipe: with NTU's 40,091 samples and K = 8192 a sample's
@@ -204,8 +207,9 @@ class PretrainConfig(_Presets):
             raise ScdError(f"PretrainConfig: lr={self.lr} must be a finite number > 0")
         _check_crop_ratio(self.crop_ratio)
 
-    # 16 epochs with the drop at 13, and lr 0.1: ten times the paper's
-    _TINY = dict(epochs=16, batch_size=64, lr=0.1, lr_drop_epochs=(13,))
+    # 16 epochs with the drop at 13 at the paper's lr and batch; the queues start with real keys
+    # (queue_init's docstring says why; "random" is the paper's)
+    _TINY = dict(epochs=16, batch_size=64, lr_drop_epochs=(13,), queue_init="keys")
 
 
 @dataclass(kw_only=True)

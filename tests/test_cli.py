@@ -7,6 +7,7 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 from conftest import write_synthetic_dataset
 
 from scdfast.cli import main
@@ -37,6 +38,9 @@ def test_pretrain_writes_the_run_directory(pretrained):
     assert any(name.startswith("events.out.tfevents") for name in os.listdir(pretrained / "tensorboard"))
     report = json.loads((pretrained / "report.json").read_text())
     assert report["steps"] == 3 and report["samples_per_s"] > 0 and report["peak_memory_bytes"] > 0
+    steps = (pretrained / "steps.csv").read_text().splitlines()
+    assert steps[0].startswith("step,loss,std_temporal,std_spatial,std_instance,rankme_temporal")
+    assert report["collapse"]["step"] == 3 and set(report["collapse"]) >= {"std_instance", "feature_spread"}
 
 
 @pytest.mark.parametrize("command,extra", [
@@ -106,3 +110,51 @@ def test_help_explains_each_command():
     for command in ("pretrain", "linear", "knn", "semi", "finetune", "transfer"):
         result = run_cli(command, "--help")
         assert result.returncode == 0 and "--preset" in result.stdout and "--data" in result.stdout
+
+
+def test_diagnose_a_run_directory_and_its_checkpoint_file(pretrained, dataset, tmp_path, capsys):
+    from test_collapse import reference
+
+    from scdfast.compat import read_checkpoint
+    from scdfast.config import SCDConfig, from_dict
+    from scdfast.data import load_dataset
+    from scdfast.evaluation.features import eval_batch
+    from scdfast.models import SCDNet
+    from scdfast.models.moco import unit_clues
+
+    assert main(["diagnose", str(pretrained), "--json", str(tmp_path / "run.json"), "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert "std x sqrt(dim)" in out and "verdict: " in out and "the run's monitor (1 reading in steps.csv)" in out
+    assert main(["diagnose", str(pretrained / "checkpoints" / "last.pt"), "--data", str(dataset), "--samples", "16",
+                 "--json", str(tmp_path / "file.json"), "--device", "cpu"]) == 0
+    run, file = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("run", "file"))
+    assert run["samples"] == 24 and file["samples"] == 16 and run["step"] == 3
+    # the eval-mode readings are the model's own, computed here without diagnose
+    payload = read_checkpoint(pretrained / "checkpoints" / "last.pt")
+    model = SCDNet(from_dict(SCDConfig, payload["model_config"]))
+    model.load_state_dict(payload["model"])
+    train, _ = load_dataset(str(dataset))
+    index = np.sort(np.random.default_rng(0).permutation(len(train))[:16])
+    x = eval_batch(train, index, model.config.window, "joint")
+    with torch.no_grad():
+        *z, features = model.query_encoder.eval()(x, with_features=True)
+    expected = reference(unit_clues(z), features)
+    got = [file["eval_mode"][f] for f in ("std_temporal", "std_spatial", "std_instance", "rankme_temporal",
+                                          "rankme_spatial", "rankme_instance", "feature_spread")]
+    np.testing.assert_allclose(got, expected, rtol=1e-4)
+
+
+def test_diagnose_a_downstream_checkpoint_and_a_missing_dataset(pretrained, dataset, tmp_path, capsys):
+    assert main(["finetune", "--preset", "tiny", "--data", str(dataset), "--checkpoint", str(pretrained),
+                 "--epochs", "1", "--device", "cpu", "--run-dir", str(tmp_path / "ft"), "--no-progress"]) == 0
+    capsys.readouterr()
+    assert main(["diagnose", str(tmp_path / "ft" / "checkpoints" / "pretrained-joint.pt"), "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert "scdfast downstream checkpoint" in out and "feature spread" in out and "RankMe t" not in out
+    payload = torch.load(pretrained / "checkpoints" / "last.pt", weights_only=True)
+    payload["data"] = str(tmp_path / "gone")
+    torch.save(payload, tmp_path / "moved.pt")
+    assert main(["diagnose", str(tmp_path / "moved.pt")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.endswith(f"give --data DIR (it was trained on {tmp_path / 'gone'}, which is not here)")
+    assert len(err.splitlines()) == 1

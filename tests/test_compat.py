@@ -89,3 +89,12 @@ def test_absent_or_foreign_file(tmp_path):
     junk.write_bytes(b"not a checkpoint")
     with pytest.raises(ScdError, match="cannot be read"):
         load_official_checkpoint(junk)
+
+
+def test_diagnose_reads_the_authors_pretraining_checkpoint(checkpoint, capsys):
+    from scdfast.cli import main
+
+    path, _ = checkpoint
+    assert main(["diagnose", str(path), "--data", "synthetic", "--samples", "4", "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert "the authors' pretraining checkpoint; 4 samples of synthetic" in out and "verdict: " in out

@@ -15,6 +15,7 @@ from scdfast.config import SCDConfig
 from scdfast.losses import scd_loss
 from scdfast.models import SCDNet
 from scdfast.train.distributed import Distributed
+from scdfast.train.run_log import STEP_FIELDS
 from scdfast.train.step import PretrainStep
 
 WORLD, BATCH, STEPS = 2, 8, 3
@@ -138,4 +139,4 @@ def test_torchrun_pretrain_end_to_end(tmp_path):
     state = torch.load(run / "checkpoints" / "last.pt", weights_only=False)
     assert state["step"] == 4
     rows = (run / "steps.csv").read_text().splitlines()
-    assert rows[0] == "step,loss" and len(rows) >= 2  # one writer: rank 0
+    assert rows[0] == ",".join(STEP_FIELDS) and len(rows) >= 2  # one writer: rank 0

@@ -173,7 +173,9 @@ def test_reduction_none_weights_each_row_exactly(case, device):
     """Per-row losses with uneven incoming gradients: the columns pass weighs each row by
     its own gradient."""
     loss, shapes, rows = REDUCTION_CASES[case]
-    weights = torch.linspace(-1.0, 2.0, rows, dtype=torch.float64)
+    # uneven but positive: signed weights let the summed loss cancel to near 0, where a scalar's
+    # relative error measures the cancellation, not the kernel (a CLIP draw failed so in CI)
+    weights = torch.linspace(0.25, 2.0, rows, dtype=torch.float64)
     compare(lambda *x: (loss(x, backend="triton", precision="ieee", reduction="none") * weights.to(x[0])).sum(),
             lambda *x: (loss(x, backend="torch", reduction="none") * weights.to(x[0])).sum(),
             [torch.randn(*shape, dtype=torch.float64) for shape in shapes], "ieee", device)

@@ -160,3 +160,25 @@ def test_every_protocol_on_real_data(tmp_path):
     assert reports[-1]["source"] == str(ucla)
     table = merge_tables(reports)
     assert "| transfer (linear) (standardized) from nw_ucla |  | " in table  # the tiny preset standardizes
+
+
+def test_a_pretrained_encoders_new_classifier_is_drawn_from_the_seed(dataset, tmp_path):
+    from scdfast.config import SCDConfig, preset, to_dict
+    from scdfast.data import load_dataset
+    from scdfast.data.dataset import model_shape
+    from scdfast.evaluation.protocols import _sources
+    from scdfast.models import SCDNet
+
+    train, _ = load_dataset(str(dataset))
+    config = preset("tiny", SCDConfig, **model_shape(train))
+    path = tmp_path / "pre.pt"
+    torch.save({"format": "scdfast-pretrain-v1", "model_config": to_dict(config),
+                "model": SCDNet(config).state_dict()}, path)
+
+    def classifier(seed, draws):
+        torch.rand(draws)  # whatever ran before must not matter
+        [make] = _sources(_request("finetune", dataset, tmp_path, random_init=False, checkpoints=(str(path),),
+                                   seed=seed), train, 3)
+        return make().model.fc.weight.detach().clone()
+    torch.testing.assert_close(classifier(0, 1), classifier(0, 1000), rtol=0, atol=0)
+    assert not torch.equal(classifier(0, 1), classifier(1, 1))

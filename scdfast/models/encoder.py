@@ -59,7 +59,8 @@ class ClueEncoder(nn.Module):
 
 
 class PretrainingEncoder(nn.Module):
-    """Clue encoder plus the three projectors; returns unnormalised (zt, zs, zi)."""
+    """Clue encoder plus the three projectors; returns unnormalised (zt, zs, zi), and with
+    `with_features` the downstream feature concat(vt, vs) fourth (the collapse monitor reads it)."""
 
     def __init__(self, config: SCDConfig):
         super().__init__()
@@ -70,9 +71,11 @@ class PretrainingEncoder(nn.Module):
         self.i_proj = _projector(2 * d, d, config.proj_dim)
         xavier_init_matrices(self)
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor, with_features: bool = False) -> tuple[torch.Tensor, ...]:
         vt, vs = self.encoder(x)
-        return self.t_proj(vt), self.s_proj(vs), self.i_proj(torch.cat([vt, vs], dim=1))
+        features = torch.cat([vt, vs], dim=1)
+        projections = (self.t_proj(vt), self.s_proj(vs), self.i_proj(features))
+        return (*projections, features) if with_features else projections
 
 
 class DownstreamEncoder(nn.Module):

@@ -1,17 +1,21 @@
 """What a pretraining run reports as it goes, behind one object: the progress bar, steps.csv
-(the loss at every log interval), metrics.csv (one row per epoch), TensorBoard, and
-curves.png when the run ends, however it ends."""
+(the loss and the collapse readings at every log interval), metrics.csv (one row per epoch),
+TensorBoard, and curves.png when the run ends, however it ends."""
 from __future__ import annotations
 
 import csv
 import os
+import sys
 
 from tqdm.auto import tqdm
 
+from scdfast.train.collapse import FIELDS as COLLAPSE_FIELDS
+from scdfast.train.collapse import HEADS, CollapseReading
 from scdfast.train.plots import plot_curves
 from scdfast.train.rundir import MetricsCSV, atomic_write
 
 METRIC_FIELDS = ["epoch", "step", "loss", "lr", "samples_per_s", "data_s", "compute_s"]
+STEP_FIELDS = ["step", "loss", *COLLAPSE_FIELDS]
 
 
 def _tensorboard(run_dir: str):
@@ -52,7 +56,7 @@ class RunLog:
             for name in ("steps.csv", "metrics.csv"):
                 truncate_csv(os.path.join(run_dir, name), "step", resumed_at)
         self.metrics = MetricsCSV(os.path.join(run_dir, "metrics.csv"), METRIC_FIELDS, enabled=enabled)
-        self.steps = MetricsCSV(os.path.join(run_dir, "steps.csv"), ["step", "loss"], enabled=enabled)
+        self.steps = MetricsCSV(os.path.join(run_dir, "steps.csv"), STEP_FIELDS, enabled=enabled)
         self.board = _tensorboard(run_dir) if enabled else None
         self.bar = tqdm(total=total_steps, initial=step, desc="pretrain", unit="step",
                         disable=not (progress and enabled), dynamic_ncols=True)
@@ -60,14 +64,24 @@ class RunLog:
     def step_done(self) -> None:
         self.bar.update(1)
 
-    def interval(self, step: int, loss: float, lr: float, epoch: int, data_s: float, compute_s: float) -> None:
-        """The mean loss of the steps since the last interval."""
-        self.steps.write(step=step, loss=repr(loss))
+    def interval(self, step: int, loss: float, lr: float, epoch: int, data_s: float, compute_s: float,
+                 collapse: CollapseReading) -> None:
+        """The mean loss of the steps since the last interval, and the collapse readings."""
+        self.steps.write(step=step, loss=repr(loss), **collapse.row())
         if self.board is not None:
             self.board.add_scalar("loss/step", loss, step)
             self.board.add_scalar("lr", lr, step)
+            for head, std, rank in zip(HEADS, collapse.std, collapse.rankme):
+                self.board.add_scalar(f"collapse/std_{head}", std, step)
+                self.board.add_scalar(f"collapse/rankme_{head}", rank, step)
+            self.board.add_scalar("collapse/feature_spread", collapse.feature_spread, step)
         self.bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.3g}", epoch=epoch, data=f"{data_s:.1f}s",
-                             compute=f"{compute_s:.1f}s")
+                             compute=f"{compute_s:.1f}s", collapse=collapse.short())
+
+    def warn(self, line: str) -> None:
+        """A one-line warning, above the bar (printed even without one)."""
+        if self.enabled:
+            tqdm.write(line, file=sys.stderr)
 
     def epoch(self, epoch: int, step: int, loss: float, lr: float, samples_per_s: float, data_s: float,
               compute_s: float) -> None:

@@ -198,6 +198,25 @@ class RunDir:
                 shutil.rmtree(self.path)
 
 
+def _upgrade_header(path: str, fields: list[str]) -> None:
+    """A CSV written by an earlier version (a resumed run) gains the columns added since,
+    empty in its old rows; one whose columns are not a subset of `fields` is refused."""
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        header, rows = reader.fieldnames or [], list(reader)
+    if header == fields:
+        return
+    unknown = [h for h in header if h not in fields]
+    if unknown:
+        raise ScdError(f"{path}: column {unknown[0]!r} is not one this run writes ({', '.join(fields)})")
+
+    def write(f):
+        writer = csv.DictWriter(f, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
+    atomic_write(path, write, mode="w")
+
+
 class MetricsCSV:
     """Append-only CSV, one row per call, flushed at once so a crash keeps every row."""
 
@@ -206,6 +225,8 @@ class MetricsCSV:
         if not enabled:  # a rank other than 0 of a multi-process run writes nothing
             return
         new = not os.path.exists(path) or os.path.getsize(path) == 0
+        if not new:
+            _upgrade_header(path, fields)
         self._file = open(path, "a", newline="")
         self._writer = csv.DictWriter(self._file, fieldnames=fields)
         if new:

@@ -16,6 +16,7 @@ from scdfast.errors import ScdError
 from scdfast.losses import scd_loss
 from scdfast.models import SCDNet
 from scdfast.models.moco import unit_clues
+from scdfast.train import collapse
 from scdfast.train.distributed import Distributed
 from scdfast.train.phases import PhaseTimer
 
@@ -71,6 +72,12 @@ class PretrainStep:
         # shuffle-BN draws its permutation from a generator in step on every rank
         self.shuffle_generator = torch.Generator().manual_seed(seed)
         self.exclude_own_keys = exclude_own_keys  # label keys with their samples, mask a query's own
+        self.last_batch = None
+
+    def collapse_readings(self) -> torch.Tensor | None:
+        """The collapse readings (scdfast.train.collapse.FIELDS) of the last step's batch, on
+        the device; None before the first step."""
+        return None if self.last_batch is None else collapse.readings(*self.last_batch)
 
     def _autocast(self):
         if self.precision == "bf16":
@@ -113,8 +120,10 @@ class PretrainStep:
             else:
                 keys = self._encode_keys(key_view)
         with self._autocast():
-            projections = self.query(query_view)
+            *projections, features = self.query(query_view, with_features=True)
         queries = unit_clues(projections)
+        # what the collapse monitor reads at the log interval: references, no copy, no host read
+        self.last_batch = (tuple(q.detach() for q in queries), features.detach())
         masked = self.exclude_own_keys
         loss = scd_loss(queries, keys, model.queues, model.config.temperature, check_finite=False,
                         query_ids=ids if masked else None, queue_ids=model.queue_ids if masked else None)

@@ -2,7 +2,8 @@
 PretrainStep, logs at the interval, checkpoints when due and stops on a signal.
 
 Nothing in a step reads a value back to the host: the loss is summed on the device
-(LossMeter) and read every `log_every` steps and at the end of each epoch.
+(LossMeter) and read every `log_every` steps and at the end of each epoch, together with the
+collapse readings of the interval's last batch (scdfast.train.collapse).
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from scdfast.data.dataset import dataset_identity
 from scdfast.errors import ScdError
 from scdfast.models import SCDNet
 from scdfast.train.checkpoints import CheckpointKeeper, random_states, restore_random_states
+from scdfast.train.collapse import CollapseReading
 from scdfast.train.distributed import Distributed
 from scdfast.train.distributed import shutdown as shutdown_process_group
 from scdfast.train.phases import PhaseTimer, peak_flops, step_flops
@@ -48,6 +50,7 @@ class PretrainResult:
     flops_per_step: int = 0      # model FLOPs of one step (query forward + backward, key forward)
     model_tflops: float = 0.0    # achieved model TFLOP/s over this run's steps
     mfu: float | None = None     # model FLOP utilisation: achieved over the GPU's dense bf16 peak
+    collapse: dict | None = None  # the collapse monitor's last reading (CollapseReading.as_dict)
 
     def report(self) -> str:
         total = max(self.data_s + self.compute_s, 1e-9)
@@ -62,6 +65,12 @@ class PretrainResult:
             if self.mfu is not None:
                 line += f", MFU {100 * self.mfu:.1f}% of the GPU's dense bf16 peak"
         return line
+
+    def collapse_report(self) -> str | None:
+        """The collapse monitor's last reading, in a sentence."""
+        if self.collapse is None:
+            return None
+        return f"collapse monitor at step {self.collapse['step']}: {CollapseReading.from_dict(self.collapse).describe()}"
 
 
 def lr_at(config: PretrainConfig, epoch: int) -> float:
@@ -114,13 +123,16 @@ class LossMeter:
         self.summed += 1
         self.pending += 1
 
-    def interval_mean(self, distributed: Distributed | None) -> float:
-        """The mean over the steps since the last call (and over ranks): one host read."""
+    def interval_mean(self, distributed: Distributed | None,
+                      also: torch.Tensor | None = None) -> tuple[float, list[float]]:
+        """The mean over the steps since the last call (and over ranks), and the values of
+        `also` (a 1-D device tensor), in one host read."""
         total = distributed.mean(self.interval_sum) if distributed is not None else self.interval_sum
-        value = total.item() / self.pending
+        values = torch.cat([total.reshape(1), also.to(total.dtype)]) if also is not None else total.reshape(1)
+        value, *rest = values.tolist()
         self.interval_sum.zero_()
-        self.pending = 0
-        return value
+        self.pending, pending = 0, self.pending
+        return value / pending, rest
 
     def epoch_mean(self, distributed: Distributed | None) -> float:
         if distributed is not None:
@@ -163,6 +175,7 @@ class Trainer:
         self.step, self.best, self.carried_sum = 0, math.inf, None
         self.flops_per_step, self.data_s, self.compute_s = None, 0.0, 0.0     # this run's totals
         self.loss_value = math.nan
+        self.collapse: CollapseReading | None = None   # the newest collapse monitor reading
 
     # ---- the run ----------------------------------------------------------------------------------
 
@@ -236,13 +249,19 @@ class Trainer:
         return first
 
     def log_interval(self, epoch: int, log: RunLog) -> None:
-        self.loss_value = self.losses.interval_mean(self.distributed)  # host sync, once per log interval
+        """The interval's mean loss and the collapse readings of its last batch: one host read."""
+        self.loss_value, values = self.losses.interval_mean(self.distributed, self.run_step.collapse_readings())
         if not math.isfinite(self.loss_value):
             good = self.keeper.last if os.path.exists(self.keeper.last) else "none (none was written yet)"
             raise ScdError(f"pretrain: the loss became non-finite by step {self.step} (epoch {epoch}); "
                            f"the last good checkpoint: {good}")
+        queries, _ = self.run_step.last_batch
+        reading = CollapseReading.from_values(self.step, values, queries[0].shape[0], queries[0].shape[1])
+        if reading.collapsed and (self.collapse is None or not self.collapse.collapsed):
+            log.warn(reading.warning())  # once each time the run enters collapse
+        self.collapse = reading
         log.interval(self.step, self.loss_value, lr_at(self.config, epoch), epoch, self.epoch_data_s,
-                     self.epoch_compute_s)
+                     self.epoch_compute_s, reading)
 
     def end_epoch(self, epoch: int, first: int, seconds: float, checkpoint_due: bool, stop: StopSignals,
                   log: RunLog) -> None:
@@ -317,7 +336,8 @@ class Trainer:
                                 peak_memory_bytes=_peak_memory(self.device),
                                 phase_ms={p: 1000 * s for p, s in self.timer.per_step().items()},
                                 sampled_steps=self.timer.steps, flops_per_step=self.flops_per_step or 0,
-                                model_tflops=achieved / 1e12, mfu=achieved / peak if peak else None)
+                                model_tflops=achieved / 1e12, mfu=achieved / peak if peak else None,
+                                collapse=self.collapse.as_dict() if self.collapse is not None else None)
         if self.main_process:
             save_json(dataclasses.asdict(result), os.path.join(self.run_dir, "report.json"))
         return result
