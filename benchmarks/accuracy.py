@@ -168,7 +168,9 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"--datasets: unknown {unknown[0]!r}; choose from {', '.join(DATASETS)}")
     out, budget = os.path.abspath(args.out), Budget(args.budget_minutes)
-    common = ["--device", args.device, "--seed", str(args.seed), "--no-progress"]
+    def run_options(seed: int) -> list[str]:
+        return ["--device", args.device, "--seed", str(seed), "--no-progress"]
+    common = run_options(args.seed)
     cache = ["--feature-cache", os.path.join(out, "feature-cache")]
     ok = True
     for name in names:
@@ -188,10 +190,10 @@ def main(argv: list[str] | None = None) -> int:
                                "--random-baseline", "--run-dir", run, *options, *uses_cache, *common])
         for seed in range(1, args.semi_seeds):  # the same pretraining; subset, random init and crops change
             run = os.path.join(out, f"semi10-seed{seed}", name)
-            seeded = [*common[:2], "--seed", str(args.seed + seed), *common[4:]]
             ok = ok and _step(f"semi10 {name} seed {args.seed + seed}", os.path.isfile(os.path.join(run, "results.json")),
                               budget, ["semi", "--preset", "tiny", "--data", data, "--checkpoint", checkpoint,
-                                       "--random-baseline", "--run-dir", run, *PROTOCOLS["semi10"][1], *seeded])
+                                       "--random-baseline", "--run-dir", run, *PROTOCOLS["semi10"][1],
+                                       *run_options(args.seed + seed)])
     for source, target in TRANSFERS:
         if ok and source in names and target in names:
             run = os.path.join(out, "transfer", f"{source}-to-{target}")

@@ -16,13 +16,19 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from scdfast.compat import load_official_downstream, read_checkpoint, require_fields, strict_load
+from scdfast.compat import (
+    load_official_checkpoint,
+    load_official_downstream,
+    read_checkpoint,
+    require_fields,
+    strict_load,
+)
 from scdfast.config import SCDConfig, from_dict
 from scdfast.data import load_dataset
 from scdfast.errors import ScdError
-from scdfast.evaluation.encoders import DOWNSTREAM_FORMAT, PRETRAIN_FORMAT, resolve_checkpoint
+from scdfast.evaluation.encoders import DOWNSTREAM_FORMAT, PRETRAIN_FORMAT, downstream_model, resolve_checkpoint
 from scdfast.evaluation.features import eval_batch
-from scdfast.models import DownstreamEncoder, SCDNet
+from scdfast.models import SCDNet
 from scdfast.models.moco import unit_clues
 from scdfast.train.collapse import COLLAPSE_STD, FIELDS, HEADS, CollapseReading, feature_spread, rankme, readings
 
@@ -49,24 +55,20 @@ def load_subject(path: str) -> Subject:
     kind = payload.get("format") if isinstance(payload, dict) else None
     if kind in (PRETRAIN_FORMAT, DOWNSTREAM_FORMAT):
         require_fields(payload, ("model_config", "model"), path, f"scdfast {kind}")
-        config = from_dict(SCDConfig, payload["model_config"])
     if kind == PRETRAIN_FORMAT:
+        config = from_dict(SCDConfig, payload["model_config"])
         model = SCDNet(config)
         strict_load(model, payload["model"], path, "the SCD-Net its config describes")
         stream = payload.get("pretrain_config", {}).get("representation", "joint")
         return Subject(path, "scdfast pretraining checkpoint", config, model.query_encoder, True,
                        payload.get("data"), stream, payload.get("step"))
     if kind == DOWNSTREAM_FORMAT:
-        if "fc.weight" not in payload["model"]:
-            raise ScdError(f"checkpoint {path}: a downstream checkpoint without its classifier (fc.weight)")
-        model = DownstreamEncoder(config, payload["model"]["fc.weight"].shape[0])
-        strict_load(model, payload["model"], path, "the downstream model its config describes")
+        model, config = downstream_model(payload, path)
         return Subject(path, "scdfast downstream checkpoint", config, model, False, payload.get("data"),
                        payload.get("representation", "joint"))
     state = payload.get("state_dict", payload) if isinstance(payload, dict) else {}
     if any(k.removeprefix("module.").startswith("encoder_q.") for k in state):
-        from scdfast.compat import load_official_checkpoint
-        model = load_official_checkpoint(path)
+        model = load_official_checkpoint(path)  # reads the file again: compat loads from paths
         return Subject(path, "the authors' pretraining checkpoint", model.config, model.query_encoder, True, None,
                        "joint")
     model = load_official_downstream(path)

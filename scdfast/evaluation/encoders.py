@@ -43,11 +43,13 @@ def _file_identity(path: str) -> str:
     return f"{os.path.realpath(path)}:{stat.st_size}:{stat.st_mtime_ns}"
 
 
-def load_encoder(path: str, num_classes: int) -> EncoderSource:
-    """The encoder in `path` with a classifier for `num_classes` classes: a fresh one for a
-    pretraining checkpoint, the stored one (whose class count must match) for a downstream one."""
+def load_encoder(path: str, num_classes: int, seed: int = 0) -> EncoderSource:
+    """The encoder in `path` with a classifier for `num_classes` classes: for a pretraining
+    checkpoint a new one, drawn from `seed` (as random_encoder's weights are), for a downstream
+    one the stored one (whose class count must match)."""
     path = resolve_checkpoint(path)
     payload = read_checkpoint(path)
+    torch.manual_seed(seed)
     kind = payload.get("format") if isinstance(payload, dict) else None
     if kind in (PRETRAIN_FORMAT, DOWNSTREAM_FORMAT):
         require_fields(payload, ("model_config", "model"), path, f"scdfast {kind}")
@@ -61,18 +63,25 @@ def load_encoder(path: str, num_classes: int) -> EncoderSource:
         return EncoderSource("pretrained", model, config, pretrain.get("representation", "joint"),
                              _file_identity(path), path, payload.get("data"))
     if kind == DOWNSTREAM_FORMAT:
-        config = from_dict(SCDConfig, payload["model_config"])
-        if "fc.weight" not in payload["model"]:
-            raise ScdError(f"checkpoint {path}: a downstream checkpoint without its classifier (fc.weight)")
-        classes = payload["model"]["fc.weight"].shape[0]
+        model, config = downstream_model(payload, path)
+        classes = model.fc.out_features
         if classes != num_classes:
             raise ScdError(f"checkpoint {path}: its classifier has {classes} classes, the dataset has {num_classes}")
-        model = DownstreamEncoder(config, classes)
-        strict_load(model, payload["model"], path, "the downstream model its config describes")
         return EncoderSource("pretrained", model, config, payload.get("representation", "joint"),
                              _file_identity(path), path, payload.get("pretrain_data"))
     model = load_official_downstream(path, num_classes)
     return EncoderSource("pretrained", model, SCDConfig.paper(), "joint", _file_identity(path), path)
+
+
+def downstream_model(payload: dict, path: str) -> tuple[DownstreamEncoder, SCDConfig]:
+    """The fine-tuned model of an scdfast downstream checkpoint (read, fields checked), with
+    its stored classifier."""
+    config = from_dict(SCDConfig, payload["model_config"])
+    if "fc.weight" not in payload["model"]:
+        raise ScdError(f"checkpoint {path}: a downstream checkpoint without its classifier (fc.weight)")
+    model = DownstreamEncoder(config, payload["model"]["fc.weight"].shape[0])
+    strict_load(model, payload["model"], path, "the downstream model its config describes")
+    return model, config
 
 
 def random_encoder(config: SCDConfig, num_classes: int, seed: int, representation: str) -> EncoderSource:

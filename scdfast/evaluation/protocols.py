@@ -91,8 +91,7 @@ def _sources(r: ProtocolRequest, train, classes: int) -> list:
     out = []
     streams_seen = set()
     for i, path in enumerate(r.checkpoints):
-        torch.manual_seed(r.seed)  # a pretraining checkpoint's new classifier starts from --seed's draw
-        source = load_encoder(path, classes)
+        source = load_encoder(path, classes, r.seed)
         theirs = {"num_joints": source.config.num_joints, "num_bodies": source.config.num_bodies,
                   "layout": layout_spec(source.config.skeleton)}
         if theirs != shape:
