@@ -6,9 +6,6 @@ gather's backward sums every rank's gradient, so a rank's gradient divided by th
 (DDP's averaging) is the global loss's gradient of that rank's rows. The temperature is not
 gathered: the ranks' mean of its gradient is the global one.
 """
-import os
-import socket
-
 import pytest
 import torch
 import torch.distributed as dist
@@ -55,10 +52,10 @@ def _loss_and_grads(fn, a, b, backend, rank, distributed):
     return {"loss": loss.detach(), "a": a.grad, "b": b.grad, "t": t.grad}
 
 
-def _worker(rank: int, port: int, out: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+def _worker(rank: int, out: str) -> None:
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=WORLD)
+    # a file rendezvous: no port to race another process for between choosing it and binding it
+    dist.init_process_group("gloo", init_method=f"file://{out}.store", rank=rank, world_size=WORLD)
     a, b = _global_batch()
     results = {}
     for name, fn in _cases().items():
@@ -66,19 +63,14 @@ def _worker(rank: int, port: int, out: str) -> None:
             shard = slice(rank * N, (rank + 1) * N)
             results[name, backend] = _loss_and_grads(fn, a[shard], b[shard], backend, rank, True)
     torch.save(results, f"{out}.{rank}")
+    dist.barrier()  # neither rank tears gloo down while the other still talks to it
     dist.destroy_process_group()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory):
     out = str(tmp_path_factory.mktemp("ranks") / "results")
-    mp.spawn(_worker, args=(_free_port(), out), nprocs=WORLD, join=True)
+    mp.spawn(_worker, args=(out,), nprocs=WORLD, join=True)
     return [torch.load(f"{out}.{rank}") for rank in range(WORLD)]
 
 
