@@ -1,5 +1,5 @@
-"""benchmarks/accuracy.py's verdicts: semi-supervised on the mean of its seeds, the 2-point
-margin where a pretrained start must not be a handicap, and a strict win elsewhere."""
+"""benchmarks/accuracy.py's verdicts: semi-supervised and fine-tuning on the mean of their seeds,
+the 2-point margin where a pretrained start must not be a handicap, and a strict win elsewhere."""
 import importlib.util
 import json
 import pathlib
@@ -25,17 +25,24 @@ def _result(out, folder, name, pretrained, random):
     (run / "results.json").write_text(json.dumps({"protocol": folder, "data": name, "rows": rows}))
 
 
-def test_semi_is_judged_on_its_seeds_mean_and_the_margin_applies_only_where_named(accuracy, tmp_path):
+def test_training_protocols_are_judged_on_their_seeds_mean_and_the_margin_applies_only_where_named(
+        accuracy, tmp_path):
     # semi10 seeds: pretrained 50, 40, 45 (mean 45.0); random init 60, 40, 41 (mean 47.0): within 2
     for folder, pre, rand in (("semi10", 50.0, 60.0), ("semi10-seed1", 40.0, 40.0), ("semi10-seed2", 45.0, 41.0)):
         _result(tmp_path, folder, "ucla", pre, rand)
-    _result(tmp_path, "finetune", "ucla", 80.0, 82.5)            # 2.5 behind: a handicap
+    # finetune seeds: 80, 79, 81 (mean 80.0) against 82.5, 82.5, 82.5: 2.5 behind, a handicap
+    for folder, pre in (("finetune", 80.0), ("finetune-seed1", 79.0), ("finetune-seed2", 81.0)):
+        _result(tmp_path, folder, "ucla", pre, 82.5)
     _result(tmp_path, "knn", "ucla", 51.0, 52.0)                 # behind, but no margin applies
     _result(tmp_path, "linear-standardized", "ucla", 60.0, 55.0)
     lines = {line.split(" | ")[1]: line for line in accuracy._verdicts(str(tmp_path), ["ucla"], 3)[2:]}
     assert "| 45.0 | 47.0 | -2.0 | within 2 points |" in lines["semi10 (mean of 3 seeds)"]
-    assert "**behind by more than 2**" in lines["finetune"]
+    assert "| 80.0 | 82.5 | -2.5 | **behind by more than 2** |" in lines["finetune (mean of 3 seeds)"]
     assert "**random init ahead**" in lines["knn"]
     assert "| +5.0 | pretrained beats random init |" in lines["linear-standardized"]
-    semi = accuracy._semi_table(str(tmp_path), ["ucla"], 3)
-    assert semi[2] == "| ucla | 3 | 45.0 (40.0-50.0) | 47.0 (40.0-60.0) |"
+    # one seed asked for: the table's own run alone
+    one = {line.split(" | ")[1]: line for line in accuracy._verdicts(str(tmp_path), ["ucla"], 1)[2:]}
+    assert "| 50.0 | 60.0 | -10.0 | **behind by more than 2** |" in one["semi10"]
+    seeds = accuracy._seeds_table(str(tmp_path), ["ucla"], 3)
+    assert seeds[2:] == ["| ucla | semi10 | 3 | 45.0 (40.0-50.0) | 47.0 (40.0-60.0) |",
+                         "| ucla | finetune | 3 | 80.0 (79.0-81.0) | 82.5 (82.5-82.5) |"]
