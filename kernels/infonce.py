@@ -256,7 +256,8 @@ def _columns_kernel(
         row_ids = _row_ids(qid_ptr, rows, N, HAS_IDS)
         s = tl.dot(q, tl.trans(c), input_precision=PRECISION) * inv_t                    # BLOCK_N, BLOCK_K
         valid = _valid_negatives(rows, cols, N, K, row_ids, cid_ptr, k_shift, IN_BATCH, HAS_IDS)
-        p = tl.where(valid, tl.exp(s - lse[:, None]) * w[:, None], 0.0)
+        # masked before the exp: an excluded logit can exceed lse and overflow it
+        p = tl.exp(tl.where(valid, s - lse[:, None], NEG_INF)) * w[:, None]
         acc += tl.dot(tl.trans(p).to(c.dtype), q, input_precision=PRECISION)
     tl.store(dc_ptr + _tile_offsets(split * K + cols, dims, D, 1), acc * inv_t,
              mask=(cols < K)[:, None] & (dims < D)[None, :])
