@@ -76,13 +76,15 @@ def _step(label: str, done: bool, budget: Budget, args: list[str]) -> bool:
     return True
 
 
-def _pretrain_step(out: str, name: str, data: str, common: list[str], budget: Budget, epochs: int | None) -> bool:
+def _pretrain_step(out: str, name: str, data: str, common: list[str], budget: Budget, epochs: int | None,
+                   sets: list[str]) -> bool:
     run = os.path.join(out, "pretrain", name)
     finished = os.path.isfile(os.path.join(run, "report.json"))
     started = os.path.isfile(os.path.join(run, "checkpoints", "last.pt"))
     if started and not finished:
         return _step(f"pretrain {name} (resumed)", False, budget, ["pretrain", "--resume", run, *common])
     extra = ["--epochs", str(epochs)] if epochs else []
+    extra += [option for item in sets for option in ("--set", item)]
     return _step(f"pretrain {name}", finished, budget,
                  ["pretrain", "--preset", "tiny", "--data", data, "--run-dir", run, *extra, *common])
 
@@ -164,6 +166,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--budget-minutes", type=float,
                         help="stop before starting a step once this much time has passed (rerun to continue)")
     parser.add_argument("--pretrain-epochs", type=int, help="override the tiny preset's pretraining epochs")
+    parser.add_argument("--pretrain-set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
+                        help="a config field for every pretraining, as `scdfast pretrain --set` (repeatable), "
+                             "e.g. --pretrain-set model.gcn_channels=16; the protocols read the model from the "
+                             "checkpoint; use a new --out, finished runs are not redone")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--seeds", type=int, default=SEEDS,
@@ -189,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
         ok = ok and _step(f"prepare {name}", os.path.isfile(os.path.join(data, "val_label.pkl")), budget,
                           ["prepare", fmt, "--raw", os.path.join(args.shared, raw), "--out", data, "--no-progress",
                            *extra])
-        ok = ok and _pretrain_step(out, name, data, common, budget, args.pretrain_epochs)
+        ok = ok and _pretrain_step(out, name, data, common, budget, args.pretrain_epochs, args.pretrain_set)
         checkpoint = os.path.join(out, "pretrain", name)
         for run_name, (command, options) in PROTOCOLS.items():
             run = os.path.join(out, run_name, name)

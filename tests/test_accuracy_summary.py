@@ -46,3 +46,17 @@ def test_training_protocols_are_judged_on_their_seeds_mean_and_the_margin_applie
     seeds = accuracy._seeds_table(str(tmp_path), ["ucla"], 3)
     assert seeds[2:] == ["| ucla | semi10 | 3 | 45.0 (40.0-50.0) | 47.0 (40.0-60.0) |",
                          "| ucla | finetune | 3 | 80.0 (79.0-81.0) | 82.5 (82.5-82.5) |"]
+
+
+def test_pretrain_set_reaches_a_new_pretraining_and_not_a_resumed_one(accuracy, tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(accuracy, "scdfast", lambda args: calls.append(args) or 0)
+    budget, sets = accuracy.Budget(None), ["model.gcn_channels=16", "pretrain.exclude_own_keys=true"]
+    accuracy._pretrain_step(str(tmp_path), "ucla", "DATA", ["--seed", "0"], budget, None, sets)
+    assert calls[-1][:2] == ["pretrain", "--preset"]
+    assert calls[-1][-6:] == ["--set", sets[0], "--set", sets[1], "--seed", "0"]
+    # a started run resumes with the settings it was started with, so none are given again
+    (tmp_path / "pretrain" / "ucla" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "pretrain" / "ucla" / "checkpoints" / "last.pt").write_bytes(b"")
+    accuracy._pretrain_step(str(tmp_path), "ucla", "DATA", ["--seed", "0"], budget, None, sets)
+    assert calls[-1] == ["pretrain", "--resume", str(tmp_path / "pretrain" / "ucla"), "--seed", "0"]
