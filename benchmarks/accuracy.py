@@ -168,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pretrain-epochs", type=int, help="override the tiny preset's pretraining epochs")
     parser.add_argument("--pretrain-set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
                         help="a config field for every pretraining, as `scdfast pretrain --set` (repeatable), "
-                             "e.g. --pretrain-set model.gcn_channels=16; the protocols read the model from the "
+                             "e.g. --pretrain-set model.gcn_channels=8; the protocols read the model from the "
                              "checkpoint; use a new --out, finished runs are not redone")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
     parser.add_argument("--seed", type=int, default=0)

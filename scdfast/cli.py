@@ -14,20 +14,16 @@ import sys
 from scdfast.config import PRESETS, LinearConfig, PretrainConfig, SCDConfig, choices, preset
 from scdfast.data.synthetic import is_synthetic
 from scdfast.errors import ScdError
-from scdfast.settings import merged, parse_sets, read_config_file, refuse_sections
+from scdfast.settings import merged, parse_sets, read_config_file, refuse_sections, tiny_overrides
 
 EXIT_USER_ERROR = 2
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset", choices=PRESETS, default="paper",
-                        help="'paper' is the published setting (default). 'tiny' is CPU-sized: window 32, "
-                             "CTR-GCN width 16, d_model 128, 4 heads, projections 64, 1,024 queued keys; pretraining "
-                             "16 epochs (drop at 13) at the paper's lr 0.01 and key momentum 0.999, with the queues "
-                             "filled with real keys first (--queue-init random is the paper's) and a query's own "
-                             "keys left out of its negatives (--no-exclude-own-keys is the paper's); linear evaluation "
-                             "on standardized features in batches of 256; fine-tuning 30 epochs at lr 0.01 in "
-                             "batches of 32 (scdfast/config.py's _TINY lists)")
+                        help="'paper' is the published setting (default). 'tiny' is CPU-sized, the paper's "
+                             "method at a small size with the queues filled with real keys first and a query's own "
+                             f"keys left out of its negatives; it sets {tiny_overrides()}")
     parser.add_argument("--data", default="synthetic",
                         help="'synthetic' (the built-in generated dataset on NTU's 25 joints, default), "
                              "'synthetic:kinect20' or 'synthetic:sbu15' (the same bodies on those layouts), or a "

@@ -22,6 +22,22 @@ SECTIONS = {"model": SCDConfig, "pretrain": PretrainConfig, "linear": LinearConf
 _TRUE, _FALSE = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
 
 
+def _set_value(value) -> str:
+    """`value` as `--set` reads it back."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, tuple):
+        return ",".join(map(str, value))
+    return "none" if value is None else str(value)
+
+
+def tiny_overrides() -> str:
+    """What the tiny preset changes, as the `--set` items that would make it from the paper's:
+    the help text is built from the `_TINY` dicts, so it cannot drift from them."""
+    return " ".join(f"{section}.{name}={_set_value(value)}"
+                    for section, kind in SECTIONS.items() for name, value in kind._TINY.items())
+
+
 def _field_names(kind: type) -> list[str]:
     return [f.name for f in dataclasses.fields(kind)]
 

@@ -11,7 +11,7 @@ from conftest import write_synthetic_dataset
 from scdfast.cli import build_parser, main
 from scdfast.config import FinetuneConfig, LinearConfig, PretrainConfig, SCDConfig, choices, to_dict
 from scdfast.errors import ScdError
-from scdfast.settings import parse_sets, read_config_file
+from scdfast.settings import SECTIONS, parse_sets, read_config_file, tiny_overrides
 from scdfast.train import step
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -140,3 +140,12 @@ def test_presets_come_from_one_mechanism():
         assert kind.tiny() == kind(**kind._TINY)
         assert kind.paper() == kind()
         assert set(kind._TINY) <= {f.name for f in dataclasses.fields(kind)}
+
+
+def test_the_tiny_presets_help_lists_exactly_what_it_changes():
+    """`--preset tiny`'s help is built from the `_TINY` dicts: read back as `--set` items on
+    the paper's defaults, it must give every section's tiny preset."""
+    sections = parse_sets(tiny_overrides().split())
+    for name, kind in SECTIONS.items():
+        assert kind(**sections.get(name, {})) == kind.tiny()
+        assert kind() != kind.tiny()
