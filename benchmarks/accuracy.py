@@ -7,7 +7,8 @@ and with standardised features), 1-NN retrieval, 10% semi-supervised training an
 (each at several seeds, judged on their mean), plus transfer rows (NW-UCLA -> MSR Action3D,
 NW-UCLA -> UTD-MHAD). Every step is an ordinary
 `scdfast` command whose run directory lands under --out; a step whose results exist is
-skipped, so an interrupted run (or one stopped by --budget-minutes) continues where it ended.
+skipped, so an interrupted run (or one stopped by --budget-minutes) continues where it ended;
+--protocols runs a subset (the pretrainings always), and the summary lists every finished run.
 
     python benchmarks/accuracy.py --out runs/accuracy --budget-minutes 90
 """
@@ -131,6 +132,24 @@ def _seeds_table(out: str, names: list[str], seeds: int) -> list[str]:
     return lines
 
 
+def _seed_noise(out: str, names: list[str], seeds: int) -> str | None:
+    """How far one seed's difference (pretrained minus random init) strays from its cell's mean,
+    pooled over the NEVER_BEHIND cells: the noise the MARGIN verdicts sit in."""
+    squares, freedom = 0.0, 0
+    for name in names:
+        for protocol in NEVER_BEHIND:
+            diffs = [r["pretrained"] - r["random init"] for r in map(_top1, _seed_paths(out, protocol, name, seeds))]
+            if len(diffs) > 1:
+                mean = sum(diffs) / len(diffs)
+                squares += sum((d - mean) ** 2 for d in diffs)
+                freedom += len(diffs) - 1
+    if not freedom:
+        return None
+    std = (squares / freedom) ** 0.5
+    return (f"One seed's difference (pretrained minus random init) has a pooled standard deviation of {std:.1f} "
+            f"points around its cell's mean, so a mean of {seeds} seeds one of about {std / seeds ** 0.5:.1f}.")
+
+
 def _verdicts(out: str, names: list[str], seeds: int) -> list[str]:
     """A line per (dataset, headline protocol): pretrained against random init (NEVER_BEHIND:
     the mean over its seeds)."""
@@ -163,6 +182,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--shared", default=SHARED, help="the shared data folder (default ../shared/data)")
     parser.add_argument("--datasets", default=",".join(DATASETS),
                         help=f"comma-separated subset of {', '.join(DATASETS)} (default all)")
+    parser.add_argument("--protocols", default=",".join([*PROTOCOLS, "transfer"]),
+                        help=f"comma-separated subset of {', '.join(PROTOCOLS)}, transfer (default all); "
+                             "the summary lists every finished run under --out")
     parser.add_argument("--budget-minutes", type=float,
                         help="stop before starting a step once this much time has passed (rerun to continue)")
     parser.add_argument("--pretrain-epochs", type=int, help="override the tiny preset's pretraining epochs")
@@ -182,6 +204,10 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [n for n in names if n not in DATASETS]
     if unknown:
         parser.error(f"--datasets: unknown {unknown[0]!r}; choose from {', '.join(DATASETS)}")
+    chosen = [p for p in args.protocols.split(",") if p]
+    unknown = [p for p in chosen if p not in (*PROTOCOLS, "transfer")]
+    if unknown:
+        parser.error(f"--protocols: unknown {unknown[0]!r}; choose from {', '.join(PROTOCOLS)}, transfer")
     out, budget = os.path.abspath(args.out), Budget(args.budget_minutes)
     def run_options(seed: int) -> list[str]:
         return ["--device", args.device, "--seed", str(seed), "--no-progress"]
@@ -198,13 +224,15 @@ def main(argv: list[str] | None = None) -> int:
         ok = ok and _pretrain_step(out, name, data, common, budget, args.pretrain_epochs, args.pretrain_set)
         checkpoint = os.path.join(out, "pretrain", name)
         for run_name, (command, options) in PROTOCOLS.items():
+            if run_name not in chosen:
+                continue
             run = os.path.join(out, run_name, name)
             uses_cache = cache if command in ("linear", "knn") else []
             ok = ok and _step(f"{run_name} {name}", os.path.isfile(os.path.join(run, "results.json")), budget,
                               [command, "--preset", "tiny", "--data", data, "--checkpoint", checkpoint,
                                "--random-baseline", "--run-dir", run, *options, *uses_cache, *common])
         for seed in range(1, args.seeds):  # the same pretraining; subset, random init and crops change
-            for run_name in NEVER_BEHIND:
+            for run_name in (p for p in NEVER_BEHIND if p in chosen):
                 command, options = PROTOCOLS[run_name]
                 run = os.path.join(out, _seed_folder(run_name, seed), name)
                 ok = ok and _step(f"{run_name} {name} seed {args.seed + seed}",
@@ -212,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
                                   [command, "--preset", "tiny", "--data", data, "--checkpoint", checkpoint,
                                    "--random-baseline", "--run-dir", run, *options, *run_options(args.seed + seed)])
     for source, target in TRANSFERS:
-        if ok and source in names and target in names:
+        if ok and "transfer" in chosen and source in names and target in names:
             run = os.path.join(out, "transfer", f"{source}-to-{target}")
             ok = _step(f"transfer {source} -> {target}", os.path.isfile(os.path.join(run, "results.json")), budget,
                        ["transfer", "--preset", "tiny", "--data", os.path.join(out, "data", target), "--checkpoint",
@@ -223,6 +251,7 @@ def main(argv: list[str] | None = None) -> int:
     summary = "\n".join(["# Accuracy on real data (tiny preset)", "", table,
                          f"## Semi-supervised 10% and fine-tuning over {args.seeds} seeds", "",
                          *_seeds_table(out, names, args.seeds),
+                         *(["", noise] if (noise := _seed_noise(out, names, args.seeds)) else []),
                          "", "## Pretrained against random init", "", *_verdicts(out, names, args.seeds), ""])
     atomic_write(os.path.join(out, "summary.md"), lambda f: f.write(summary), mode="w")
     save_json({"complete": ok, "runs": len(reports)}, os.path.join(out, "status.json"))

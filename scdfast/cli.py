@@ -101,7 +101,8 @@ def _linear_options(parser: argparse.ArgumentParser) -> None:
 
 def _finetune_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--epochs", type=int,
-                        help="override the epochs (default 100; tiny 30); the lr drop keeps its place in the run")
+                        help="override the epochs (default 100; tiny 30); the lr drop keeps its place in the run; "
+                             "tiny semi multiplies them by training / labelled samples (see the description)")
     parser.add_argument("--lr", type=float, help="override the learning rate (default 0.1; tiny 0.01)")
     parser.add_argument("--batch-size", type=int, help="override the batch size (default 128; tiny 32)")
     parser.add_argument("--precision", choices=choices(PretrainConfig, "precision"), default="auto",
@@ -129,7 +130,9 @@ _PROTOCOL_PARSERS = (
      (_feature_cache, _knn_options)),
     ("semi", "semi-supervised: fine-tune on a fraction of the labels",
      "Fine-tune the encoder with a classifier on a class-stratified, seeded fraction of the training labels (the "
-     "paper's 1% and 10%), then test on the whole test set.",
+     "paper's 1% and 10%), then test on the whole test set. The tiny preset trains as many samples as fine-tuning "
+     "on every label (10% of the labels: 10 times the epochs, lr drop and evaluation interval alike); the paper "
+     "preset, or --set finetune.semi_samples_matched=false, keeps the fine-tuning epochs.",
      (_label_fraction, _finetune_options)),
     ("finetune", "fine-tune the whole network with every label",
      "Train encoder and classifier together on every training label (SGD lr 0.1, batch 128, 100 epochs, x0.1 at 80 "

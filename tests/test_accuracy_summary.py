@@ -1,5 +1,6 @@
 """benchmarks/accuracy.py's verdicts: semi-supervised and fine-tuning on the mean of their seeds,
-the 2-point margin where a pretrained start must not be a handicap, and a strict win elsewhere."""
+the 2-point margin where a pretrained start must not be a handicap, and a strict win elsewhere;
+the seeds' noise; --protocols runs only the protocols it names."""
 import importlib.util
 import json
 import pathlib
@@ -46,6 +47,21 @@ def test_training_protocols_are_judged_on_their_seeds_mean_and_the_margin_applie
     seeds = accuracy._seeds_table(str(tmp_path), ["ucla"], 3)
     assert seeds[2:] == ["| ucla | semi10 | 3 | 45.0 (40.0-50.0) | 47.0 (40.0-60.0) |",
                          "| ucla | finetune | 3 | 80.0 (79.0-81.0) | 82.5 (82.5-82.5) |"]
+    # differences -10, 0, +4 (squares about their mean 104) and -2.5, -3.5, -1.5 (2): sqrt(106 / 4)
+    noise = accuracy._seed_noise(str(tmp_path), ["ucla"], 3)
+    assert "standard deviation of 5.1 points" in noise and "3 seeds one of about 3.0" in noise
+    assert accuracy._seed_noise(str(tmp_path), ["ucla"], 1) is None  # one seed: no spread to measure
+
+
+def test_protocols_runs_only_the_named_protocols(accuracy, tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(accuracy, "scdfast", lambda args: calls.append(args) or 0)
+    assert accuracy.main(["--out", str(tmp_path), "--datasets", "nw_ucla,msr_action3d", "--protocols", "semi10",
+                          "--seeds", "2"]) == 0
+    commands = [c[0] for c in calls]
+    assert commands == ["prepare", "pretrain", "semi", "semi"] * 2  # no linear, knn, finetune or transfer
+    with pytest.raises(SystemExit):
+        accuracy.main(["--out", str(tmp_path), "--protocols", "semi"])  # a command, not a protocol run name
 
 
 def test_pretrain_set_reaches_a_new_pretraining_and_not_a_resumed_one(accuracy, tmp_path, monkeypatch):

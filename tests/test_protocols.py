@@ -157,6 +157,7 @@ def test_every_protocol_on_real_data(tmp_path):
     assert [r["num_classes"] for r in reports] == [10, 10, 10, 10, 20]
     semi = reports[2]
     assert semi["labelled_samples"] == 10 and reports[3]["labelled_samples"] == semi["train_samples"] == 102
+    assert semi["settings"]["trained_epochs"] == 10  # the tiny preset: --epochs 1 x 102/10 labelled
     assert reports[-1]["source"] == str(ucla)
     table = merge_tables(reports)
     assert "| transfer (linear) (standardized) from nw_ucla |  | " in table  # the tiny preset standardizes

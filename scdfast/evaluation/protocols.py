@@ -3,6 +3,7 @@ the data and encoders (one per stream, plus random-init baselines), evaluate eac
 streams' class scores into the ensemble, and write scores, figures and reports."""
 from __future__ import annotations
 
+import dataclasses
 import io
 import os
 from dataclasses import dataclass, field
@@ -77,6 +78,8 @@ def _check_request(r: ProtocolRequest) -> None:
             raise ScdError(f"--streams names {len(r.streams)} streams for {len(r.checkpoints)} checkpoints")
     if r.protocol == "semi" and r.label_fraction is None:
         raise ScdError("semi needs --labels (e.g. 10%)")
+    if r.protocol in ("semi", "finetune") and r.finetune is None:
+        raise ScdError(f"{r.protocol} needs a FinetuneConfig (ProtocolRequest.finetune)")
     if r.embedding not in EMBEDDINGS:
         raise ScdError(f"--embedding {r.embedding!r}: use {' or '.join(EMBEDDINGS)}")
 
@@ -155,6 +158,9 @@ def run_protocol(r: ProtocolRequest) -> dict:
     cache = FeatureCache(r.cache_dir)
     test_y = torch.from_numpy(test.labels)
     settings = _settings(r)
+    if r.protocol == "semi":
+        r = _semi_schedule(r, len(train), len(stratified_subset(train.labels, r.label_fraction, r.seed)))
+        settings["trained_epochs"] = r.finetune.epochs
     title = protocol_label({"protocol": r.protocol, "settings": settings})
     rows, scores, sources_seen, labelled = [], {}, [], len(train)
     for make in _sources(r, train, classes):
@@ -200,6 +206,17 @@ def run_protocol(r: ProtocolRequest) -> dict:
     write_report(r.run_dir, report)
     r.log(f"chance level: {100.0 / classes:.2f}% ({classes} classes); results in {r.run_dir}")
     return report
+
+
+def _semi_schedule(r: ProtocolRequest, train_samples: int, labelled: int) -> ProtocolRequest:
+    """The request with the schedule its labelled subset trains under (FinetuneConfig.for_labelled)."""
+    schedule = r.finetune.for_labelled(train_samples, labelled)
+    if schedule is not r.finetune:
+        r.log(f"semi-supervised: {labelled} of {train_samples} samples labelled, so {schedule.epochs} epochs "
+              f"(lr x0.1 at {', '.join(map(str, schedule.lr_drop_epochs)) or 'none'}) for fine-tuning's "
+              f"{r.finetune.epochs}, the same samples seen; --set finetune.semi_samples_matched=false keeps "
+              f"{r.finetune.epochs}")
+    return dataclasses.replace(r, finetune=schedule)
 
 
 def _settings(r: ProtocolRequest) -> dict:
