@@ -42,6 +42,7 @@ PROTOCOLS = {
     "semi10": ("semi", ["--labels", "10%"]),
     "finetune": ("finetune", []),
 }
+RUN_NAMES = (*PROTOCOLS, "transfer")  # what --protocols can name
 HEADLINE = ("linear-standardized", "knn", "semi10", "finetune")  # pretrained against random init
 NEVER_BEHIND = ("semi10", "finetune")  # a pretrained start must come within MARGIN of random init here
 MARGIN = 2.0  # top-1 points
@@ -182,8 +183,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--shared", default=SHARED, help="the shared data folder (default ../shared/data)")
     parser.add_argument("--datasets", default=",".join(DATASETS),
                         help=f"comma-separated subset of {', '.join(DATASETS)} (default all)")
-    parser.add_argument("--protocols", default=",".join([*PROTOCOLS, "transfer"]),
-                        help=f"comma-separated subset of {', '.join(PROTOCOLS)}, transfer (default all); "
+    parser.add_argument("--protocols", default=",".join(RUN_NAMES),
+                        help=f"comma-separated subset of {', '.join(RUN_NAMES)} (default all); "
                              "the summary lists every finished run under --out")
     parser.add_argument("--budget-minutes", type=float,
                         help="stop before starting a step once this much time has passed (rerun to continue)")
@@ -205,9 +206,9 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"--datasets: unknown {unknown[0]!r}; choose from {', '.join(DATASETS)}")
     chosen = [p for p in args.protocols.split(",") if p]
-    unknown = [p for p in chosen if p not in (*PROTOCOLS, "transfer")]
+    unknown = [p for p in chosen if p not in RUN_NAMES]
     if unknown:
-        parser.error(f"--protocols: unknown {unknown[0]!r}; choose from {', '.join(PROTOCOLS)}, transfer")
+        parser.error(f"--protocols: unknown {unknown[0]!r}; choose from {', '.join(RUN_NAMES)}")
     out, budget = os.path.abspath(args.out), Budget(args.budget_minutes)
     def run_options(seed: int) -> list[str]:
         return ["--device", args.device, "--seed", str(seed), "--no-progress"]

@@ -304,9 +304,15 @@ class FinetuneConfig(_Presets):
         if labelled_samples < 1:
             raise ScdError(f"semi-supervised training on {labelled_samples} labelled samples")
         scale = train_samples / labelled_samples
-        return dataclasses.replace(self, epochs=max(1, round(self.epochs * scale)),
-                                   lr_drop_epochs=tuple(max(1, round(e * scale)) for e in self.lr_drop_epochs),
-                                   eval_every=max(1, round(self.eval_every * scale)))
+        epochs, eval_every = _scaled_epochs((self.epochs, self.eval_every), scale)
+        return dataclasses.replace(self, epochs=epochs, eval_every=eval_every,
+                                   lr_drop_epochs=_scaled_epochs(self.lr_drop_epochs, scale))
+
+
+def _scaled_epochs(epochs: tuple[int, ...], factor: float) -> tuple[int, ...]:
+    """Epoch counts or positions stretched by `factor`, rounded, at least 1: how a schedule keeps
+    its shape when its length changes."""
+    return tuple(max(1, round(e * factor)) for e in epochs)
 
 
 def step_lr(base_lr: float, drop_epochs: tuple[int, ...], epoch: int) -> float:
@@ -326,8 +332,7 @@ def preset(name: str, kind: type, **overrides):
     make = getattr(kind, name)
     if overrides.get("epochs") and "lr_drop_epochs" not in overrides and hasattr(kind, "lr_drop_epochs"):
         base = make()
-        overrides["lr_drop_epochs"] = tuple(max(1, round(e * overrides["epochs"] / base.epochs))
-                                            for e in base.lr_drop_epochs)
+        overrides["lr_drop_epochs"] = _scaled_epochs(base.lr_drop_epochs, overrides["epochs"] / base.epochs)
     return make(**overrides)
 
 

@@ -3,10 +3,9 @@ the data and encoders (one per stream, plus random-init baselines), evaluate eac
 streams' class scores into the ensemble, and write scores, figures and reports."""
 from __future__ import annotations
 
-import dataclasses
 import io
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -125,11 +124,12 @@ def _features(r: ProtocolRequest, cache: FeatureCache, source: EncoderSource, sp
     return features
 
 
-def _evaluate(r: ProtocolRequest, source: EncoderSource, train, test, classes: int, cache: FeatureCache) -> dict:
-    """Scores, metrics and test features of one encoder under the protocol."""
+def _evaluate(r: ProtocolRequest, source: EncoderSource, train, test, classes: int, cache: FeatureCache,
+              index: np.ndarray | None) -> dict:
+    """Scores, metrics and test features of one encoder under the protocol (`index`: semi's
+    labelled subset of `train`)."""
     train_y, test_y = torch.from_numpy(train.labels), torch.from_numpy(test.labels)
     if r.protocol in ("semi", "finetune"):
-        index = stratified_subset(train.labels, r.label_fraction, r.seed) if r.protocol == "semi" else None
         result = finetune(source, train, test, r.finetune, r.device, index, r.precision, r.progress)
         name = f"{source.label.replace(' ', '-')}-{source.representation}.pt"
         save_checkpoint(downstream_checkpoint(source, source.model, r.data, {
@@ -158,14 +158,15 @@ def run_protocol(r: ProtocolRequest) -> dict:
     cache = FeatureCache(r.cache_dir)
     test_y = torch.from_numpy(test.labels)
     settings = _settings(r)
-    if r.protocol == "semi":
-        r = _semi_schedule(r, len(train), len(stratified_subset(train.labels, r.label_fraction, r.seed)))
+    index = stratified_subset(train.labels, r.label_fraction, r.seed) if r.protocol == "semi" else None
+    if index is not None:
+        r = _semi_schedule(r, len(train), len(index))
         settings["trained_epochs"] = r.finetune.epochs
     title = protocol_label({"protocol": r.protocol, "settings": settings})
     rows, scores, sources_seen, labelled = [], {}, [], len(train)
     for make in _sources(r, train, classes):
         source = make()
-        out = _evaluate(r, source, train, test, classes, cache)
+        out = _evaluate(r, source, train, test, classes, cache, index)
         row = {"encoder": source.label, "stream": source.representation,
                "top1": topk_accuracy(out["scores"], test_y, 1), "top5": topk_accuracy(out["scores"], test_y, 5)}
         if "best_top1" in out:
@@ -216,7 +217,7 @@ def _semi_schedule(r: ProtocolRequest, train_samples: int, labelled: int) -> Pro
               f"(lr x0.1 at {', '.join(map(str, schedule.lr_drop_epochs)) or 'none'}) for fine-tuning's "
               f"{r.finetune.epochs}, the same samples seen; --set finetune.semi_samples_matched=false keeps "
               f"{r.finetune.epochs}")
-    return dataclasses.replace(r, finetune=schedule)
+    return replace(r, finetune=schedule)
 
 
 def _settings(r: ProtocolRequest) -> dict:
@@ -224,7 +225,7 @@ def _settings(r: ProtocolRequest) -> dict:
     if r.protocol in ("linear", "transfer"):
         settings.update(to_dict(r.linear) if r.linear else {}, exact_protocol=r.exact)
     if r.protocol in ("semi", "finetune"):
-        settings.update(to_dict(r.finetune) if r.finetune else {})
+        settings.update(to_dict(r.finetune))  # _check_request: semi and finetune have one
     if r.protocol == "semi":
         settings["label_fraction"] = r.label_fraction
     if r.protocol == "knn":
