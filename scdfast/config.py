@@ -259,7 +259,8 @@ class FinetuneConfig(_Presets):
     epochs: int = 100
     """Passes over the labelled training samples."""
     batch_size: int = 128
-    """Labelled samples per step."""
+    """Labelled samples per step; an epoch's last partial batch of fewer than half this joins the
+    one before it, so no step trains on a sliver of samples."""
     lr: float = 0.1
     """SGD learning rate of the encoder and the classifier."""
     lr_drop_epochs: tuple[int, ...] = (80,)

@@ -18,7 +18,7 @@ from scdfast.evaluation import (
     stratified_subset,
 )
 from scdfast.evaluation import features
-from scdfast.evaluation.finetune import finetune
+from scdfast.evaluation.finetune import epoch_batches, finetune
 from scdfast.evaluation.projection import pca, tsne
 
 
@@ -125,6 +125,36 @@ def test_diverging_finetuning_stops_with_a_named_error(small_sets):
     config = FinetuneConfig.tiny(epochs=2, batch_size=16, lr=1e12, eval_every=1)
     with pytest.raises(ScdError, match="fine-tuning diverged.*lower --lr"):
         finetune(source, train, test, config, torch.device("cpu"))
+
+
+def test_finetuning_never_steps_on_a_sliver(small_sets):
+    """17 labelled samples at batch 16: one step of 17 an epoch, not 16 and then 1."""
+    train, test = small_sets
+    source = random_encoder(SCDConfig.tiny(window=16), 4, seed=0, representation="joint")
+    sizes = []
+    source.model.register_forward_pre_hook(lambda m, args: sizes.append(len(args[0])) if m.training else None)
+    config = FinetuneConfig.tiny(epochs=3, batch_size=16, eval_every=3)
+    result = finetune(source, train, test, config, torch.device("cpu"), train_index=np.arange(3, 20))
+    assert sizes == [17, 17, 17] and result.train_samples == 17
+
+
+@pytest.mark.parametrize("n, batch", [(1, 32), (16, 32), (33, 32), (47, 32), (48, 32), (54, 32),
+                                      (102, 32), (227, 32), (284, 32), (7, 1), (130, 128)])
+def test_epoch_batches_see_every_sample_once_and_never_a_sliver(n, batch, rng):
+    order = rng.permutation(n) + 1000  # indices are values, not positions
+    batches = epoch_batches(order, batch)
+    np.testing.assert_array_equal(np.sort(np.concatenate(batches)), np.sort(order))
+    sizes = [len(b) for b in batches]
+    assert all(b.tolist() == sorted(b.tolist()) for b in batches)
+    assert sizes[:-1] == [batch] * (len(sizes) - 1)  # full batches, in order
+    assert len(sizes) == (1 if n < batch else n // batch + (n % batch >= batch / 2))  # a sliver joins
+    if n >= batch:
+        assert batch / 2 <= sizes[-1] < 1.5 * batch
+    # the same split as reading the order in batch-sized slices, the short tail folded in
+    expected = [order[i * batch:(i + 1) * batch] for i in range(len(sizes) - 1)]
+    expected.append(order[(len(sizes) - 1) * batch:])
+    for got, want in zip(batches, expected):
+        np.testing.assert_array_equal(got, np.sort(want))
 
 
 def test_feature_cache_reuses_and_repairs_entries(tmp_path):
