@@ -49,14 +49,11 @@ def _test(model, test: SkeletonSet, window: int, representation: str, device, au
 
 
 def epoch_batches(order: np.ndarray, batch_size: int) -> list[np.ndarray]:
-    """One epoch's batches of `order`, each sorted: every sample once, as many full batches as
-    fit, and a last partial batch of fewer than half `batch_size` folded into the one before.
-    A one-sample step (MSR Action3D's 33 labels at batch 32, every epoch) is a full-lr step on
-    one sample whose BatchNorm statistics then enter the running averages the test uses; it held
-    both starts near 20% on MSR Action3D's 10% (benchmarks/ACCURACY.md). The field's loaders
-    (ST-GCN's processor, which CrosSCLR and AimCLR keep; CTR-GCN's main.py) drop the partial
-    batch instead, which would leave 22 of UTD-MHAD's 54 labels out of every epoch and, with
-    fewer labels than a batch (SBU's 23), train nothing."""
+    """One epoch's batches of `order`, each sorted: every sample once, in full batches, with a
+    last partial batch of fewer than half `batch_size` folded into the one before. A step on a
+    sliver (one sample, for 33 labels at batch 32) is a full-lr step whose BatchNorm statistics
+    enter the running averages the test uses. The field's loaders drop the partial batch; that
+    would leave labels unused every epoch, and train nothing with fewer labels than a batch."""
     cuts = list(range(batch_size, len(order), batch_size))
     if cuts and len(order) - cuts[-1] < batch_size / 2:
         cuts.pop()
