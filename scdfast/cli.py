@@ -201,7 +201,9 @@ def build_parser() -> argparse.ArgumentParser:
                                         "Markdown table in the paper's layout: a row per protocol (and stream, "
                                         "encoder), a column per dataset.")
     p.add_argument("runs", nargs="+", metavar="RUN", help="protocol run directories (or their results.json)")
-    p.add_argument("--out", help="also write the table to this file")
+    p.add_argument("--out", help="also write the table to this file: a new file, or a table scdfast report wrote "
+                                 "before (anything else is refused unless --overwrite)")
+    p.add_argument("--overwrite", action="store_true", help="let --out replace a file scdfast did not write")
 
     p = commands.add_parser("diagnose", help="collapse readings of a run or checkpoint (the pretraining monitor's)",
                             description="Read a checkpoint's encoder on up to --samples training samples and "
@@ -219,7 +221,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--samples", type=int, default=256, help="training samples read (default 256)")
     p.add_argument("--device", default="auto", help="auto (CUDA when present, default), cpu, cuda or cuda:N")
     p.add_argument("--seed", type=int, default=0, help="picks the samples and the dropout (default 0)")
-    p.add_argument("--json", metavar="FILE", help="also write the readings as JSON")
+    p.add_argument("--json", metavar="FILE", help="also write the readings as JSON: a new file, or readings "
+                                                  "diagnose wrote before (anything else is refused unless --overwrite)")
+    p.add_argument("--overwrite", action="store_true", help="let --json replace a file scdfast did not write")
 
     p = commands.add_parser("doctor", help="compile the GPU kernels for sm_90 and sm_80 and check them (no GPU needed)",
                             description="Compile every Triton loss-kernel configuration the launchers can choose "
@@ -231,7 +235,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--targets", nargs="+", type=int, choices=(90, 80), default=[90, 80],
                    help="compute capabilities (default: 90 80)")
     p.add_argument("--jobs", type=int, help="compiler processes (default: one per core)")
-    p.add_argument("--json", metavar="FILE", help="also write every row as JSON")
+    p.add_argument("--json", metavar="FILE", help="also write every row as JSON: a new file, or rows doctor "
+                                                  "wrote before (anything else is refused unless --overwrite)")
+    p.add_argument("--overwrite", action="store_true", help="let --json replace a file scdfast did not write")
 
     p = commands.add_parser("prepare", help="convert a raw dataset download into a dataset directory",
                             description="Read a dataset as its authors ship it and write the array directory "
@@ -293,7 +299,6 @@ def _overrides(args: argparse.Namespace, names: tuple[str, ...]) -> dict:
 
 
 def _run_pretrain(args: argparse.Namespace) -> None:
-    from scdfast.config import from_dict
     from scdfast.data import load_dataset
     from scdfast.data.dataset import model_shape
     from scdfast.train.device import resolve_device
@@ -307,11 +312,8 @@ def _run_pretrain(args: argparse.Namespace) -> None:
         if args.config or args.settings:
             raise ScdError("--resume continues with the run's saved settings; --config and --set do not apply")
         resume = load_resume_state(args.resume)
-        model_config = from_dict(SCDConfig, resume["model_config"])
-        config = from_dict(PretrainConfig, resume["pretrain_config"])
-        run_dir = args.resume
-        with open(os.path.join(run_dir, "config.json")) as f:
-            data = json.load(f).get("data", args.data)
+        model_config, config = resume["model_config"], resume["pretrain_config"]
+        run_dir, data = args.resume, resume["data"]
     else:
         file, sets = _settings(args, ("model", "pretrain"))
         flags = _overrides(args, ("epochs", "batch_size", "lr", "seed", "checkpoint_steps", "keep_last", "log_every",
@@ -372,23 +374,41 @@ def _run_protocol(args: argparse.Namespace) -> None:
         options["k"] = args.k
     if command in ("linear", "knn", "transfer") and not args.no_feature_cache:
         options["cache_dir"] = args.feature_cache or default_cache_dir()
+    # one seed for the whole run: the schedule's (--seed, or --set/--config's {section}.seed), which also
+    # draws the labelled subset and the random-init weights; knn, which has no schedule, takes --seed
+    schedule_config = options.get("linear") or options.get("finetune")
+    seed = schedule_config.seed if schedule_config is not None else (args.seed or 0)
     device = resolve_device(args.device)
     with RunDir(args.run_dir, command, overwrite=args.overwrite) as run_dir:
         run_protocol(ProtocolRequest(
             protocol=command, data=_data_source(args.data), run_dir=run_dir, device=device, preset=args.preset,
             checkpoints=tuple(args.checkpoint or ()), random_init=getattr(args, "random_init", False),
-            random_baseline=args.random_baseline, streams=args.streams, seed=args.seed or 0, embedding=args.embedding,
+            random_baseline=args.random_baseline, streams=args.streams, seed=seed, embedding=args.embedding,
             figures=not args.no_figures, num_classes=args.num_classes, progress=not args.no_progress, **options))
 
 
-def _run_report(args: argparse.Namespace) -> None:
-    from scdfast.evaluation.reports import merge_tables, read_report
-    from scdfast.train.rundir import atomic_write
+def _json_signature(command: str) -> str:
+    """How a `--json FILE` written by `command` begins: its first field names the command."""
+    return '{\n "written_by": ' + json.dumps(f"scdfast {command}")
 
+
+def _json_output(path: str, command: str, report: dict, overwrite: bool) -> None:
+    from scdfast.train.rundir import write_output_file
+
+    text = json.dumps({"written_by": f"scdfast {command}", **report}, indent=1)
+    write_output_file(path, "--json", text, _json_signature(command), overwrite)
+
+
+def _run_report(args: argparse.Namespace) -> None:
+    from scdfast.evaluation.reports import REPORT_SIGNATURE, merge_tables, read_report
+    from scdfast.train.rundir import check_output_file, write_output_file
+
+    if args.out:
+        check_output_file(args.out, "--out", REPORT_SIGNATURE, args.overwrite)
     table = merge_tables([read_report(run) for run in args.runs])
     print(table, end="")
     if args.out:
-        atomic_write(args.out, lambda f: f.write(table), mode="w")
+        write_output_file(args.out, "--out", REPORT_SIGNATURE + table, REPORT_SIGNATURE, args.overwrite)
 
 
 def _run_prepare(args: argparse.Namespace) -> None:
@@ -423,27 +443,31 @@ def _run_prepare(args: argparse.Namespace) -> None:
 def _run_diagnose(args: argparse.Namespace) -> None:
     from scdfast.evaluation.diagnose import diagnose, format_report
     from scdfast.train.device import resolve_device
-    from scdfast.train.rundir import atomic_write
+    from scdfast.train.rundir import check_output_file
 
     if args.samples < 2:
         raise ScdError(f"--samples {args.samples}: the readings need at least 2 samples")
+    if args.json:
+        check_output_file(args.json, "--json", _json_signature("diagnose"), args.overwrite)
     data = _data_source(args.data) if args.data else None
     report = diagnose(args.checkpoint, data, args.samples, args.seed, resolve_device(args.device))
     print(format_report(report))
     if args.json:
-        atomic_write(args.json, lambda f: json.dump(report, f, indent=1), mode="w")
+        _json_output(args.json, "diagnose", report, args.overwrite)
 
 
 def _run_doctor(args: argparse.Namespace) -> int:
     from scdfast.doctor import print_report, run_in_child
-    from scdfast.train.rundir import atomic_write
+    from scdfast.train.rundir import check_output_file
 
+    if args.json:
+        check_output_file(args.json, "--json", _json_signature("doctor"), args.overwrite)
     targets = ", ".join(f"sm_{t}" for t in args.targets)
     print(f"compiling every GPU kernel configuration for {targets} (about 5 minutes on 2 cores for both)...",
           flush=True)
     report = run_in_child(args.targets, args.jobs)
     if args.json:
-        atomic_write(args.json, lambda f: json.dump(report, f, indent=1), mode="w")
+        _json_output(args.json, "doctor", report, args.overwrite)
     return 0 if print_report(report) else 1
 
 

@@ -65,12 +65,16 @@ def official_to_scdfast(state: dict[str, torch.Tensor]) -> dict[str, torch.Tenso
     return out
 
 
-def strict_load(module: nn.Module, state: dict[str, torch.Tensor], path: str, what: str) -> None:
-    expected = module.state_dict()
+def check_state(state: dict, expected: dict[str, torch.Size], path: str, what: str) -> None:
+    """The one rule every command loads weights by: `state` has exactly the keys of `expected`
+    (no missing, no extra), each tensor of its shape and finite. A one-line ScdError otherwise:
+    NaN weights would otherwise surface as a linear-algebra traceback, or train to divergence."""
+    if not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
+        raise ScdError(f"checkpoint {path}: its state dict holds something other than named tensors")
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
-    wrong = sorted(f"{k} {tuple(state[k].shape)} (expected {tuple(expected[k].shape)})"
-                   for k in set(state) & set(expected) if state[k].shape != expected[k].shape)
+    wrong = sorted(f"{k} {tuple(state[k].shape)} (expected {tuple(expected[k])})"
+                   for k in set(state) & set(expected) if state[k].shape != expected[k])
     problems = []
     for label, keys in (("missing keys", missing), ("unexpected keys", unexpected), ("wrong shapes", wrong)):
         if keys:
@@ -78,6 +82,16 @@ def strict_load(module: nn.Module, state: dict[str, torch.Tensor], path: str, wh
             problems.append(f"{label}: {shown}")
     if problems:
         raise ScdError(f"checkpoint {path} does not fit {what}: " + "; ".join(problems))
+    broken = sorted(k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all())
+    if broken:
+        more = f" and {len(broken) - 1} more" if len(broken) > 1 else ""
+        raise ScdError(f"checkpoint {path}: {broken[0]}{more} hold NaN or Inf values (the run that wrote it "
+                       "diverged, or the file is damaged); use an earlier checkpoint")
+
+
+def strict_load(module: nn.Module, state: dict[str, torch.Tensor], path: str, what: str) -> None:
+    """check_state against `module`'s own state dict, then load it."""
+    check_state(state, {k: v.shape for k, v in module.state_dict().items()}, path, what)
     module.load_state_dict(state, strict=True)
 
 

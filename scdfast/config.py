@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
+import types
 import typing
 from dataclasses import dataclass
 from typing import Literal
@@ -32,15 +34,85 @@ def choices(kind: type, field: str) -> tuple:
     return typing.get_args(typing.get_type_hints(kind)[field])
 
 
-def _check_choices(config) -> None:
+MAX_SEED = 2**32 - 1
+
+
+def _typed(value, hint):
+    """`value` as a value of the type hint `hint` (an int in a float field becomes a float, a
+    list a tuple), or raise TypeError. Booleans are not numbers here, and floats are finite."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is Literal:
+        if isinstance(value, str) and value in args:
+            return value
+        raise TypeError(f"choose one of {', '.join(map(str, args))}")
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        for option in (a for a in args if a is not type(None)):
+            try:
+                return _typed(value, option)
+            except TypeError:
+                pass
+        raise TypeError("expected " + " or ".join(_type_name(a) for a in args))
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise TypeError(f"expected {_type_name(hint)}")
+        items = args[:1] * len(value) if args[-1] is Ellipsis else args
+        if len(items) != len(value):
+            raise TypeError(f"expected {_type_name(hint)}")
+        return tuple(_typed(v, item) for v, item in zip(value, items))
+    if hint is bool and isinstance(value, bool):
+        return value
+    if hint is int and isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        return int(value)
+    if hint is float and isinstance(value, numbers.Real) and not isinstance(value, bool):
+        if not math.isfinite(value):
+            raise TypeError("expected a finite number")
+        return float(value)
+    if hint in (str, dict) and isinstance(value, hint):
+        return value
+    raise TypeError(f"expected {_type_name(hint)}")
+
+
+def _type_name(hint) -> str:
+    if typing.get_origin(hint) is tuple:
+        args = typing.get_args(hint)
+        return f"a list of {_type_name(args[0])}s" if args[-1] is Ellipsis else f"{len(args)} numbers"
+    return {bool: "true or false", int: "an integer", float: "a number", str: "a name", dict: "an object",
+            type(None): "none"}.get(hint, str(hint))
+
+
+def _check_fields(config) -> None:
+    """Every field of `config` holds its declared type (converted in place: the same rule for a
+    file, --set, a checkpoint and Python), else a one-line ScdError naming the field and value."""
+    kind = type(config).__name__
     hints = typing.get_type_hints(type(config))
     for field in dataclasses.fields(config):
-        if typing.get_origin(hints[field.name]) is Literal:
-            allowed = typing.get_args(hints[field.name])
-            value = getattr(config, field.name)
-            if value not in allowed:
-                raise ScdError(f"{type(config).__name__}: {field.name}={value!r}: choose one of "
-                               f"{', '.join(map(str, allowed))}")
+        value = getattr(config, field.name)
+        try:
+            setattr(config, field.name, _typed(value, hints[field.name]))
+        except TypeError as exc:
+            raise ScdError(f"{kind}: {field.name}={value!r}: {exc}") from None
+
+
+def _check_rules(config, rules: list[tuple[bool, str]]) -> None:
+    for ok, message in rules:
+        if not ok:
+            raise ScdError(f"{type(config).__name__}: {message}")
+
+
+def _schedule_rules(config) -> list[tuple[bool, str]]:
+    """What every schedule (pretraining, linear, fine-tuning) must satisfy."""
+    return [
+        (config.epochs >= 1, f"epochs={config.epochs}: must be >= 1"),
+        (config.batch_size >= 1, f"batch_size={config.batch_size}: must be >= 1"),
+        (config.lr is None or config.lr > 0, f"lr={config.lr} must be a finite number > 0"),
+        (all(e >= 1 for e in config.lr_drop_epochs),
+         f"lr_drop_epochs={','.join(map(str, config.lr_drop_epochs))}: epochs are counted from 1"),
+        (0.0 <= config.sgd_momentum < 1.0, f"sgd_momentum={config.sgd_momentum}: must be in [0, 1)"),
+        (config.weight_decay >= 0, f"weight_decay={config.weight_decay}: must be >= 0"),
+        (0 <= config.seed <= MAX_SEED, f"seed={config.seed}: must be in [0, {MAX_SEED}]"),
+    ]
 
 
 class _Presets:
@@ -100,21 +172,26 @@ class SCDConfig(_Presets):
     _TINY = dict(window=32, gcn_channels=16, d_model=128, num_heads=4, proj_dim=64, queue_size=1024)
 
     def __post_init__(self) -> None:
-        checks = [
+        _check_fields(self)
+        _check_rules(self, [
+            (self.num_bodies >= 1, f"num_bodies={self.num_bodies}: must be >= 1"),
+            (self.in_channels >= 1, f"in_channels={self.in_channels}: must be >= 1"),
             (self.window > 0 and self.window % 16 == 0,
              f"window={self.window}: must be a positive multiple of 16 (temporal masking cuts 16 segments)"),
             (self.gcn_channels > 0 and self.gcn_channels % 4 == 0,
              f"gcn_channels={self.gcn_channels}: must be a positive multiple of 4 (4 temporal branches)"),
-            (self.d_model % self.num_heads == 0,
+            (min(self.d_model, self.num_heads, self.proj_dim) >= 1,
+             f"d_model={self.d_model}, num_heads={self.num_heads} and proj_dim={self.proj_dim} must be >= 1"),
+            (self.num_heads < 1 or self.d_model % self.num_heads == 0,
              f"d_model={self.d_model} is not divisible by num_heads={self.num_heads}"),
+            (self.dim_feedforward is None or self.dim_feedforward >= 1,
+             f"dim_feedforward={self.dim_feedforward}: must be >= 1 (or none: d_model)"),
+            (0.0 <= self.dropout < 1.0, f"dropout={self.dropout}: must be in [0, 1)"),
             (self.temperature > 0, f"temperature={self.temperature}: must be > 0"),
             (0.0 <= self.momentum < 1.0, f"momentum={self.momentum}: must be in [0, 1)"),
             (self.queue_size > 0, f"queue_size={self.queue_size}: must be > 0"),
             (self.num_layers >= 1, f"num_layers={self.num_layers}: must be >= 1"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise ScdError(f"SCDConfig: {message}")
+        ])
         if self.skeleton.num_joints != self.num_joints:
             raise ScdError(f"SCDConfig: num_joints={self.num_joints} but layout {self.skeleton.name!r} has "
                            f"{self.skeleton.num_joints} joints")
@@ -199,14 +276,11 @@ class PretrainConfig(_Presets):
     (MoCo's shuffle-BN for the key encoder) or sync (SyncBatchNorm, CUDA)."""
 
     def __post_init__(self) -> None:
-        if min(self.checkpoint_every, self.keep_last, self.log_every) < 1 or self.checkpoint_steps < 0:
-            raise ScdError("PretrainConfig: checkpoint_every, keep_last and log_every must be >= 1, "
-                           "checkpoint_steps >= 0")
-        _check_choices(self)
-        if self.batch_size < 1 or self.epochs < 1:
-            raise ScdError("PretrainConfig: batch_size and epochs must be >= 1")
-        if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise ScdError(f"PretrainConfig: lr={self.lr} must be a finite number > 0")
+        _check_fields(self)
+        _check_rules(self, [
+            (min(self.checkpoint_every, self.keep_last, self.log_every) >= 1 and self.checkpoint_steps >= 0,
+             "checkpoint_every, keep_last and log_every must be >= 1, checkpoint_steps >= 0"),
+            *_schedule_rules(self)])
         _check_crop_ratio(self.crop_ratio)
 
     # 16 epochs with the drop at 13 at the paper's lr and batch; the queues start with real keys
@@ -239,11 +313,10 @@ class LinearConfig(_Presets):
     is about 1% of their mean, which a classifier on the raw features cannot use (README)."""
 
     def __post_init__(self) -> None:
+        _check_fields(self)
         if self.lr is None:
             self.lr = 0.1 if self.standardize else 2.0
-        if self.lr <= 0 or self.epochs < 1 or self.batch_size < 1:
-            raise ScdError(f"LinearConfig: lr={self.lr}, epochs={self.epochs} and batch_size={self.batch_size} "
-                           "must be > 0")
+        _check_rules(self, _schedule_rules(self))
 
     # standardized features (so lr 0.1) in batches of 256
     _TINY = dict(batch_size=256, standardize=True)
@@ -287,10 +360,9 @@ class FinetuneConfig(_Presets):
     labels are 60 SGD steps that leave either start at chance (benchmarks/ACCURACY.md)."""
 
     def __post_init__(self) -> None:
-        if self.epochs < 1 or self.batch_size < 1 or self.eval_every < 1:
-            raise ScdError("FinetuneConfig: epochs, batch_size and eval_every must be >= 1")
-        if self.lr <= 0:
-            raise ScdError(f"FinetuneConfig: lr={self.lr} must be > 0")
+        _check_fields(self)
+        _check_rules(self, [(self.eval_every >= 1, f"eval_every={self.eval_every}: must be >= 1"),
+                            *_schedule_rules(self)])
         _check_crop_ratio(self.crop_ratio)
 
     # 30 epochs (drop at 24) in batches of 32 at lr 0.01; semi-supervised runs as many samples
@@ -341,11 +413,18 @@ def to_dict(config) -> dict:
     return dataclasses.asdict(config)
 
 
-def from_dict(kind: type, values: dict):
-    """Rebuild a config from its dict, refusing unknown fields by name."""
-    names = {f.name for f in dataclasses.fields(kind)}
-    unknown = sorted(set(values) - names)
-    if unknown:
-        raise ScdError(f"{kind.__name__}: unknown field(s) {', '.join(unknown)}")
-    cleaned = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
-    return kind(**cleaned)
+def from_dict(kind: type, values: dict, where: str | None = None):
+    """Rebuild a config from its dict (a checkpoint's, a config.json's), refusing unknown fields
+    and bad values in one line that names `where` (the file) when given."""
+    try:
+        if not isinstance(values, dict):
+            raise ScdError(f"{kind.__name__}: expected an object of fields, got {type(values).__name__}")
+        names = {f.name for f in dataclasses.fields(kind)}
+        unknown = sorted(map(str, set(values) - names))
+        if unknown:
+            raise ScdError(f"{kind.__name__}: unknown field(s) {', '.join(unknown)}")
+        return kind(**values)  # the fields' types are checked (and lists made tuples) by the class
+    except ScdError as exc:
+        if where is None:
+            raise
+        raise ScdError(f"{where}: {exc}") from None

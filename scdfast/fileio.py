@@ -1,7 +1,10 @@
-"""Small file-system helpers every writer shares (datasets, run directories)."""
+"""Small file-system helpers every reader and writer shares (datasets, run directories, settings)."""
 from __future__ import annotations
 
+import json
 import os
+
+from scdfast.errors import ScdError
 
 
 def current_umask() -> int:
@@ -23,3 +26,27 @@ def fsync_dir(directory: str) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def parse_json(text: str | bytes, where: str):
+    """JSON from a file's text, or a one-line ScdError naming `where`: malformed text, bytes that
+    are not UTF-8, and nesting too deep for the parser (a RecursionError) alike."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ScdError(f"{where}: line {exc.lineno}: malformed JSON ({exc.msg})") from None
+    except UnicodeDecodeError:
+        raise ScdError(f"{where}: not UTF-8 text") from None
+    except RecursionError:
+        raise ScdError(f"{where}: nested too deeply to be read (a JSON file scdfast reads is a few levels deep)") from None
+
+
+def read_json(path: str, where: str | None = None):
+    """The JSON in `path` (see parse_json); `where` names it in errors (default: the path)."""
+    where = where or path
+    try:
+        with open(path, "rb") as f:
+            text = f.read()
+    except OSError as exc:
+        raise ScdError(f"{where}: unreadable ({exc.strerror or exc})") from None
+    return parse_json(text, where)

@@ -50,9 +50,13 @@ def _check_field(where: str, section: str, name: str) -> None:
                        f"(its fields: {', '.join(_field_names(SECTIONS[section]))})")
 
 
+# What a pretraining run's config.json records besides its sections: read past, not settings.
+RUN_RECORD_KEYS = ("command", "data", "device", "train_samples", "dataset")
+
+
 def read_config_file(path: str) -> dict[str, dict]:
-    """{section: {field: value}} from a JSON, TOML or YAML file; other top-level keys (a run's
-    config.json also records its command, data and device) are not settings and are left."""
+    """{section: {field: value}} from a JSON, TOML or YAML file. Any other top-level key is an
+    error, but for what a run's config.json records besides (RUN_RECORD_KEYS)."""
     extension = os.path.splitext(path)[1].lower()
     if extension not in (".json", ".toml", ".yaml", ".yml"):
         raise ScdError(f"--config {path}: expected a .json, .toml or .yaml file")
@@ -68,12 +72,16 @@ def read_config_file(path: str) -> dict[str, dict]:
             values = _load_yaml(path, text)
     except (ValueError, UnicodeDecodeError) as e:  # every format's parse errors are ValueErrors
         raise ScdError(f"--config {path}: not valid {extension[1:].upper()}: {str(e).splitlines()[0]}") from None
+    except RecursionError:
+        raise ScdError(f"--config {path}: nested too deeply to be read (a config is sections of fields)") from None
     if not isinstance(values, dict):
         raise ScdError(f"--config {path}: expected sections ({', '.join(SECTIONS)}) at the top level")
     out = {}
     for section, fields in values.items():
-        if section not in SECTIONS:
+        if section in RUN_RECORD_KEYS and extension == ".json":
             continue
+        if section not in SECTIONS:
+            raise ScdError(f"--config {path}: unknown section {section!r}; the sections are {', '.join(SECTIONS)}")
         if not isinstance(fields, dict):
             raise ScdError(f"--config {path}: [{section}] must hold field = value pairs")
         for name in fields:

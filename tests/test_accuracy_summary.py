@@ -23,7 +23,8 @@ def _result(out, folder, name, pretrained, random):
     run.mkdir(parents=True)
     rows = [{"encoder": "pretrained", "stream": "joint", "top1": pretrained, "top5": 99.0},
             {"encoder": "random init", "stream": "joint", "top1": random, "top5": 99.0}]
-    (run / "results.json").write_text(json.dumps({"protocol": folder, "data": name, "rows": rows}))
+    protocol = next(p for p in ("semi", "finetune", "knn", "linear") if folder.startswith(p))
+    (run / "results.json").write_text(json.dumps({"protocol": protocol, "data": name, "rows": rows}))
 
 
 def test_training_protocols_are_judged_on_their_seeds_mean_and_the_margin_applies_only_where_named(

@@ -11,6 +11,7 @@ import torch
 from conftest import write_synthetic_dataset
 
 from scdfast.cli import main
+from scdfast.train.rundir import TMP_PREFIX
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +34,7 @@ def test_pretrain_writes_the_run_directory(pretrained):
     rows = (pretrained / "metrics.csv").read_text().splitlines()
     assert rows[0].startswith("epoch,step,loss") and len(rows) == 2
     assert (pretrained / "checkpoints" / "last.pt").is_file()
-    assert not [p for p in os.listdir(pretrained / "checkpoints") if p.startswith(".tmp")]
+    assert not [p for p in os.listdir(pretrained / "checkpoints") if p.startswith(TMP_PREFIX)]
     assert (pretrained / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert any(name.startswith("events.out.tfevents") for name in os.listdir(pretrained / "tensorboard"))
     report = json.loads((pretrained / "report.json").read_text())

@@ -39,7 +39,7 @@ def test_unknown_layout_is_named(tmp_path):
     with pytest.raises(ScdError, match="not one of ntu25, kinect20, sbu15"):
         get_layout("kinect30")
     (tmp_path / "bad.json").write_text("{not json")
-    with pytest.raises(ScdError, match="bad.json: not a readable JSON layout"):
+    with pytest.raises(ScdError, match="bad.json: line 1: malformed JSON"):
         get_layout(str(tmp_path / "bad.json"))
 
 

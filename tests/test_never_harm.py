@@ -4,7 +4,6 @@ every file that was there before is unchanged (compared by digest)."""
 import csv
 import errno
 import fcntl
-import hashlib
 import json
 import os
 import pickle
@@ -15,46 +14,15 @@ import sys
 import numpy as np
 import pytest
 import torch
-from conftest import SHARED_DATA, write_synthetic_dataset
+from cli_checks import digests, msr_raw, needs_msr, refused
+from conftest import write_synthetic_dataset
 
 from scdfast.cli import main
-
-MSR = SHARED_DATA / "msr_action3d" / "skeleton3d"
-needs_msr = pytest.mark.skipif(not MSR.is_dir(), reason=f"the MSR Action3D files are not at {MSR}")
-
-
-def digests(root) -> dict[str, str]:
-    """Every file under root (symbolic links by their target) -> sha256 of its bytes; a run's
-    .lock is left out: it names the process holding it, whichever that is."""
-    out = {}
-    for folder, _, files in os.walk(root):
-        for name in files:
-            if name == ".lock":
-                continue
-            path = os.path.join(folder, name)
-            with open(path, "rb") as f:
-                out[os.path.relpath(path, root)] = hashlib.sha256(f.read()).hexdigest()
-    return out
-
+from scdfast.train.rundir import TMP_PREFIX
 
 def _folder(path):
     path.mkdir(parents=True)
     return path
-
-
-def refused(capsys, args, message) -> None:
-    assert main(args) == 2
-    err = capsys.readouterr().err.strip()
-    assert message in err, err
-    assert "Traceback" not in err and len(err.splitlines()) == 1, err
-
-
-def _msr_raw(folder):
-    """A small MSR Action3D download: 12 real files of both subject parities."""
-    folder.mkdir(parents=True)
-    for name in sorted(os.listdir(MSR))[::50]:
-        (folder / name).symlink_to(MSR / name)
-    return folder
 
 
 # ---- 1. prepare writes only where it may --------------------------------------------------------
@@ -63,7 +31,7 @@ def _msr_raw(folder):
 @pytest.mark.parametrize("where", ["equal", "above", "inside"])
 def test_prepare_refuses_an_out_that_overlaps_raw(where, tmp_path, capsys):
     top = tmp_path / "download"
-    raw = _msr_raw(top / "skeleton3d")
+    raw = msr_raw(top / "skeleton3d")
     (top / "README.txt").write_text("the user's notes")
     out = {"equal": raw, "above": top, "inside": raw / "prepared"}[where]
     before = digests(top)
@@ -73,7 +41,7 @@ def test_prepare_refuses_an_out_that_overlaps_raw(where, tmp_path, capsys):
 
 @needs_msr
 def test_prepare_refuses_a_folder_it_did_not_write_and_replaces_its_own(tmp_path, capsys):
-    raw = _msr_raw(tmp_path / "raw")
+    raw = msr_raw(tmp_path / "raw")
     foreign = tmp_path / "photos"
     foreign.mkdir()
     (foreign / "holiday.jpg").write_bytes(b"\xff\xd8 not a dataset")
@@ -95,7 +63,7 @@ def test_prepare_refuses_a_folder_it_did_not_write_and_replaces_its_own(tmp_path
 
 @needs_msr
 def test_a_killed_prepare_leaves_no_temporary_folder_behind_the_next(tmp_path):
-    raw, out = _msr_raw(tmp_path / "raw"), tmp_path / "msr"
+    raw, out = msr_raw(tmp_path / "raw"), tmp_path / "msr"
     stale = tmp_path / ".msr.tmp-dead"
     stale.mkdir()
     (stale / "train_data_joint.npy").write_bytes(b"half")
@@ -241,10 +209,10 @@ def test_a_refused_command_leaves_no_empty_run_folder(dataset, tmp_path, capsys)
 def test_stale_temporary_files_are_removed_at_the_next_start(dataset, finished, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(finished, run)
-    (run / "checkpoints" / ".tmp-killed").write_bytes(b"half a checkpoint")
-    (run / ".tmp-config").write_text("{")
+    (run / "checkpoints" / f"{TMP_PREFIX}killed").write_bytes(b"half a checkpoint")
+    (run / f"{TMP_PREFIX}config").write_text("{")
     assert main(["pretrain", "--resume", str(run), "--no-progress", "--device", "cpu"]) == 0
-    assert not (run / "checkpoints" / ".tmp-killed").exists() and not (run / ".tmp-config").exists()
+    assert not (run / "checkpoints" / f"{TMP_PREFIX}killed").exists() and not (run / f"{TMP_PREFIX}config").exists()
 
 
 # ---- 5. a full disk ----------------------------------------------------------------------------------
@@ -258,7 +226,7 @@ def test_a_full_disk_in_torch_zip_writer_is_one_line(dataset, tmp_path, monkeypa
     monkeypatch.setattr(rundir.torch, "save", zip_writer_fails)
     run = tmp_path / "run"
     refused(capsys, _pretrain(dataset, run), "could not write")
-    assert not [p for p in os.listdir(run / "checkpoints") if p.startswith(".tmp")]
+    assert not [p for p in os.listdir(run / "checkpoints") if p.startswith(TMP_PREFIX)]
 
 
 def test_a_full_disk_in_config_json_is_one_line(dataset, tmp_path, monkeypatch, capsys):

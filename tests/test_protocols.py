@@ -14,7 +14,7 @@ from scdfast.cli import main
 from scdfast.config import FinetuneConfig, LinearConfig
 from scdfast.errors import ScdError
 from scdfast.evaluation.protocols import ProtocolRequest, run_protocol
-from scdfast.evaluation.reports import merge_tables, read_report
+from scdfast.evaluation.reports import REPORT_SIGNATURE, merge_tables, read_report
 
 CPU = torch.device("cpu")
 
@@ -58,7 +58,7 @@ def test_reports_merge_into_one_table(dataset, tmp_path):
     assert any(line.startswith("| kNN retrieval (k=3), random init |  | ") for line in lines)
     out = tmp_path / "table.md"
     assert main(["report", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(out)]) == 0
-    assert out.read_text().startswith("| protocol |")
+    assert out.read_text().startswith(REPORT_SIGNATURE + "| protocol |")
 
 
 def _run(command, *args):

@@ -15,6 +15,7 @@ import torch
 from conftest import write_synthetic_dataset
 
 from scdfast.cli import main
+from scdfast.train.rundir import TMP_PREFIX
 
 STEPS_PER_EPOCH, EPOCHS = 3, 3  # 24 samples, batch 8
 
@@ -106,7 +107,7 @@ def test_sigterm_writes_a_checkpoint_and_exits_cleanly(dataset, tmp_path):
     assert "stopped by SIGTERM" in err and "Traceback" not in err
     step = torch.load(run / "checkpoints" / "last.pt", weights_only=False)["step"]
     assert max(_losses(run)) == step  # the checkpoint is at the step where it stopped
-    assert not [p for p in os.listdir(run / "checkpoints") if p.startswith(".tmp")]
+    assert not [p for p in os.listdir(run / "checkpoints") if p.startswith(TMP_PREFIX)]
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(dataset, tmp_path, monkeypatch, capsys):
@@ -141,6 +142,6 @@ def test_full_disk_while_saving_loses_no_checkpoint(dataset, tmp_path, monkeypat
     assert main(_args(dataset, run)) == 2
     assert "No space left on device" in capsys.readouterr().err
     checkpoints = run / "checkpoints"
-    assert not [p for p in os.listdir(checkpoints) if p.startswith(".tmp")]
+    assert not [p for p in os.listdir(checkpoints) if p.startswith(TMP_PREFIX)]
     for name in os.listdir(checkpoints):  # every file left is a whole checkpoint
         assert torch.load(checkpoints / name, weights_only=False)["format"] == "scdfast-pretrain-v1"

@@ -24,20 +24,30 @@ SPLITS = ("train", "val")
 _CHUNK = 256  # samples validated per read, to bound memory on large memory-mapped arrays
 
 
-def validate(data: np.ndarray, num_frames: np.ndarray, labels: np.ndarray, source: str,
-             num_joints: int = 25, num_bodies: int | None = None) -> None:
-    """Refuse arrays the model cannot take, naming the file and the fault."""
-    if data.ndim != 5:
-        raise ScdError(f"{source}: expected 5 axes (N, C, T, V, M), got shape {data.shape}")
-    n, c, t, v, m = data.shape
+def check_shape(shape: tuple[int, ...], source: str, num_joints: int = 25, num_bodies: int | None = None) -> None:
+    """Refuse an array shape the model cannot take, before anything is sized from it."""
+    if len(shape) != 5:
+        raise ScdError(f"{source}: expected 5 axes (N, C, T, V, M), got shape {shape}")
+    n, c, t, v, m = shape
     if c != 3:
         raise ScdError(f"{source}: expected 3 coordinates on axis 1, got {c}")
     if v != num_joints:
         raise ScdError(f"{source}: expected {num_joints} joints on axis 3 (the skeleton layout's), got {v}")
     if num_bodies is not None and m != num_bodies:
         raise ScdError(f"{source}: expected {num_bodies} bodies on axis 4, got {m}")
+    if m == 0:
+        raise ScdError(f"{source}: the array holds no bodies (axis 4 is empty)")
+    if t == 0:
+        raise ScdError(f"{source}: the array holds no frames (axis 2 is empty)")
     if n == 0:
         raise ScdError(f"{source}: the array holds no samples")
+
+
+def validate(data: np.ndarray, num_frames: np.ndarray, labels: np.ndarray, source: str,
+             num_joints: int = 25, num_bodies: int | None = None) -> None:
+    """Refuse arrays the model cannot take, naming the file and the fault."""
+    check_shape(data.shape, source, num_joints, num_bodies)
+    n, c, t, v, m = data.shape
     if num_frames.shape != (n,) or labels.shape != (n,):
         raise ScdError(f"{source}: {n} samples but {num_frames.shape[0]} frame counts and {labels.shape[0]} labels")
     bad = np.flatnonzero((num_frames < 1) | (num_frames > t))
@@ -67,6 +77,19 @@ def frames_until_last_nonzero(data: np.ndarray) -> np.ndarray:
     return out
 
 
+def _read_num_frames(path: str) -> np.ndarray:
+    """{split}_num_frame.npy: a 1-D array of integers (no pickled objects are ever loaded)."""
+    try:
+        frames = np.load(path, allow_pickle=False)
+    except Exception as exc:  # an object array (needs pickle), a truncated or foreign file
+        raise ScdError(f"{path}: not a .npy array of frame counts ({str(exc).splitlines()[0][:120]})") from None
+    if not isinstance(frames, np.ndarray) or frames.ndim != 1 or frames.dtype.kind not in "iu":
+        shape = getattr(frames, "shape", "?")
+        raise ScdError(f"{path}: expected a 1-D array of integer frame counts, got {getattr(frames, 'dtype', '?')} "
+                       f"of shape {shape}")
+    return frames.astype(np.int64)
+
+
 def _read_labels(path: str) -> np.ndarray:
     return read_label_file(path)[1]
 
@@ -90,14 +113,13 @@ def load_split(root: str, split: str, layout: SkeletonLayout = NTU25, num_bodies
         raise ScdError(f"{data_path}: not a readable .npy array ({exc.__class__.__name__})") from None
     if data.dtype != np.float32:
         raise ScdError(f"{data_path}: expected float32, got {data.dtype}")
+    check_shape(data.shape, data_path, layout.num_joints, num_bodies)
     labels = _read_labels(os.path.join(root, f"{split}_label.pkl"))
     frames_path = os.path.join(root, f"{split}_num_frame.npy")
     if os.path.isfile(frames_path):
-        num_frames = np.asarray(np.load(frames_path), dtype=np.int64).reshape(-1)
-    elif data.ndim == 5:
-        num_frames = frames_until_last_nonzero(data)
+        num_frames = _read_num_frames(frames_path)
     else:
-        num_frames = np.zeros(0, dtype=np.int64)
+        num_frames = frames_until_last_nonzero(data)
     validate(data, num_frames, labels, data_path, layout.num_joints, num_bodies)
     return SkeletonSet(data=data, num_frames=num_frames, labels=labels, layout=layout)
 
@@ -135,15 +157,20 @@ def num_classes(train: SkeletonSet, test: SkeletonSet, stated: int | None = None
 
 
 def dataset_identity(train: SkeletonSet, source: str) -> dict:
-    """What a resumed run checks it reads again: the source, shapes and a cheap fingerprint
-    (labels, frame counts and three samples' bytes)."""
+    """What a resumed run checks it reads again: the source, shapes, a fingerprint of labels,
+    frame counts and three samples, and the SHA-256 of every sample's values (one streamed read
+    of the array, so a change to any sample is seen)."""
     n = len(train)
     digest = hashlib.sha256()
     for part in (np.ascontiguousarray(train.labels), np.ascontiguousarray(train.num_frames)):
         digest.update(part.tobytes())
     for i in sorted({0, n // 2, n - 1}):
         digest.update(np.ascontiguousarray(train.data[i]).tobytes())
-    return {"data": source, "samples": n, "shape": list(train.data.shape), "fingerprint": digest.hexdigest()[:16]}
+    content = hashlib.sha256()
+    for lo in range(0, n, _CHUNK):
+        content.update(np.ascontiguousarray(train.data[lo:lo + _CHUNK]).data)
+    return {"data": source, "samples": n, "shape": list(train.data.shape), "fingerprint": digest.hexdigest()[:16],
+            "sha256": content.hexdigest()}
 
 
 def layout_spec(layout: SkeletonLayout) -> str | dict:
@@ -152,6 +179,6 @@ def layout_spec(layout: SkeletonLayout) -> str | dict:
 
 
 def model_shape(train: SkeletonSet) -> dict:
-    """The SCDConfig fields a dataset fixes: joints, bodies and layout."""
+    """The SCDConfig fields a dataset fixes: joints, bodies, channels and layout."""
     return {"num_joints": train.layout.num_joints, "num_bodies": int(train.data.shape[4]),
-            "layout": layout_spec(train.layout)}
+            "in_channels": int(train.data.shape[1]), "layout": layout_spec(train.layout)}

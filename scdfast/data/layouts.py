@@ -15,13 +15,13 @@ count elsewhere (round(8 V / 25): 6 of 20 for kinect20, 5 of 15 for sbu15).
 """
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import asdict, dataclass
 
 import numpy as np
 
 from scdfast.errors import ScdError
+from scdfast.fileio import read_json
 
 PAPER_MASKED_JOINTS, PAPER_JOINTS = 8, 25
 
@@ -49,7 +49,7 @@ class SkeletonLayout:
                                                               *self.align_horizontal]
         if any(not 0 <= j < v for j in joints):
             raise ScdError(f"{where}: a joint index is outside [0, {v})")
-        if sorted(self.flip) != list(range(v)):
+        if len(self.flip) != v or sorted(self.flip) != list(range(v)):  # the length first: v may be huge
             raise ScdError(f"{where}: flip must be a permutation of 0..{v - 1}")
         children = [c for c, _ in self.edges]
         if len(set(children)) != len(children):
@@ -91,14 +91,30 @@ class SkeletonLayout:
         missing = [f for f in fields if f not in values]
         if missing:
             raise ScdError(f"{source}: missing field(s) {', '.join(missing)}")
+        unknown = sorted(map(str, set(values) - set(fields)))
+        if unknown:
+            raise ScdError(f"{source}: unknown field(s) {', '.join(unknown)} (a layout has {', '.join(fields)})")
+
+        def indices(field: str, value, count: int | None = None) -> tuple[int, ...]:
+            if not isinstance(value, (list, tuple)) or (count is not None and len(value) != count) \
+                    or not all(isinstance(j, int) and not isinstance(j, bool) for j in value):
+                shape = f"{count} joint indices" if count else "a list of joint indices"
+                raise ScdError(f"{source}: {field}={value!r}: expected {shape} (integers from 0)")
+            return tuple(value)
+
+        for field in ("num_joints", "center"):
+            if not isinstance(values[field], int) or isinstance(values[field], bool):
+                raise ScdError(f"{source}: {field}={values[field]!r}: expected an integer")
+        if not isinstance(values["edges"], (list, tuple)):
+            raise ScdError(f"{source}: edges={values['edges']!r}: expected a list of [child, parent] pairs")
+        edges = tuple(indices(f"edges[{i}]", e, 2) for i, e in enumerate(values["edges"]))
+        flip = indices("flip", values["flip"])
+        align = [indices(f, values[f], 2) for f in ("align_vertical", "align_horizontal")]
         try:
-            return cls(name=str(values["name"]), num_joints=int(values["num_joints"]),
-                       edges=tuple((int(c), int(p)) for c, p in values["edges"]),
-                       flip=tuple(int(j) for j in values["flip"]), center=int(values["center"]),
-                       align_vertical=tuple(int(j) for j in values["align_vertical"]),
-                       align_horizontal=tuple(int(j) for j in values["align_horizontal"]))
-        except (TypeError, ValueError) as exc:
-            raise ScdError(f"{source}: malformed layout ({exc})") from None
+            return cls(name=str(values["name"]), num_joints=values["num_joints"], edges=edges, flip=flip,
+                       center=values["center"], align_vertical=align[0], align_horizontal=align[1])
+        except ScdError as exc:
+            raise ScdError(f"{source}: {exc}" if source != "layout" else str(exc)) from None
 
 
 def _one_based(pairs) -> tuple[tuple[int, int], ...]:
@@ -136,27 +152,24 @@ BUILT_IN = {layout.name: layout for layout in (NTU25, KINECT20, SBU15)}
 
 
 def get_layout(spec: str | dict | SkeletonLayout) -> SkeletonLayout:
-    """A layout from a built-in name, a dict of fields, or a path to a JSON file of them."""
+    """A layout from a built-in name, a dict of fields, or a path to a JSON file of them; a dict
+    or file may also be {"layout": a built-in name or a dict of fields} (skeleton.json's form)."""
     if isinstance(spec, SkeletonLayout):
         return spec
-    if isinstance(spec, dict):
-        if set(spec) == {"layout"}:
-            return get_layout(spec["layout"])
-        return SkeletonLayout.from_dict(spec)
-    if spec in BUILT_IN:
+    if isinstance(spec, str) and spec in BUILT_IN:
         return BUILT_IN[spec]
-    if os.path.isfile(spec):
-        try:
-            with open(spec) as f:
-                values = json.load(f)
-        except (OSError, json.JSONDecodeError) as exc:
-            raise ScdError(f"{spec}: not a readable JSON layout ({exc})") from None
-        if isinstance(values, dict) and set(values) == {"layout"}:
-            return get_layout(values["layout"])
-        if not isinstance(values, dict):
-            raise ScdError(f"{spec}: a layout file holds a JSON object")
-        return SkeletonLayout.from_dict(values, spec)
-    raise ScdError(f"skeleton layout {spec!r}: not one of {', '.join(BUILT_IN)} and no such file")
+    source = "layout"
+    if isinstance(spec, str):
+        if not os.path.isfile(spec):
+            raise ScdError(f"skeleton layout {spec!r}: not one of {', '.join(BUILT_IN)} and no such file")
+        source, spec = spec, read_json(spec)
+    if isinstance(spec, dict) and set(spec) == {"layout"}:
+        spec = spec["layout"]
+        if isinstance(spec, str) and spec in BUILT_IN:
+            return BUILT_IN[spec]
+    if not isinstance(spec, dict):
+        raise ScdError(f"{source}: {spec!r} is not one of {', '.join(BUILT_IN)} nor an object of a layout's fields")
+    return SkeletonLayout.from_dict(spec, source)
 
 
 def centred(seq: np.ndarray, layout: SkeletonLayout) -> np.ndarray:

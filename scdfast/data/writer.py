@@ -4,9 +4,12 @@ one in place, and nothing scdfast did not write is ever removed.
 Everything goes into a temporary sibling directory (marked with the writing process), which
 replaces the target in one rename at the end. The target may be a new or empty folder, or a
 complete earlier output of scdfast: one holding the marker file that lists what scdfast wrote
-there and nothing else. Anything else is refused before any work, and so is an output folder
-that is, holds or lies inside a source folder (--raw). A temporary folder that a killed run
-left behind is removed by the next run for the same target.
+there and nothing else. A marker may list only the plain file names prepare writes
+(DATASET_FILES): a dataset folder is handed from person to person, and a forged marker must not
+name a file elsewhere. Anything else is refused before any work, and so is an output folder
+that is, holds or lies inside a source folder (--raw). An --out that is a symbolic link is
+resolved once: the dataset is written and replaced at its target, and the link stays. A
+temporary folder that a killed run left behind is removed by the next run for the same target.
 """
 from __future__ import annotations
 
@@ -22,26 +25,44 @@ import numpy as np
 from scdfast.data.dataset import LAYOUT_FILE, layout_spec
 from scdfast.data.layouts import SkeletonLayout
 from scdfast.errors import ScdError
-from scdfast.fileio import current_umask, fsync_dir
+from scdfast.fileio import current_umask, fsync_dir, read_json
 
 
 MARKER = ".scdfast-dataset"        # written last: JSON listing the files scdfast wrote
 WRITING = ".scdfast-writing"        # in a temporary folder while it is written: host and pid
 REPLACED = ".replaced"              # an earlier output, moved aside for the moment of the swap
+SKIPPED = "skipped.txt"              # the files --skip-bad left out, and why
+# Every file prepare writes (the marker besides): the only names a marker may list.
+DATASET_FILES = frozenset({f"{split}_{kind}" for split in ("train", "val")
+                           for kind in ("data_joint.npy", "label.pkl", "num_frame.npy")} | {LAYOUT_FILE, SKIPPED})
 
 
 def _inside(path: str, folder: str) -> bool:
     return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
 
 
-def _marker_files(folder: str) -> list[str] | None:
-    """The files the marker of `folder` lists, or None where it has no readable marker."""
-    try:
-        with open(os.path.join(folder, MARKER)) as f:
-            files = json.load(f)["files"]
-    except (OSError, ValueError, KeyError, TypeError):
+def _marker_files(folder: str, shown: str | None = None) -> list[str] | None:
+    """The files the marker of `folder` lists, or None where it has no marker. A marker that is
+    unreadable or lists anything but DATASET_FILES (a path, '..', a name prepare never writes) is
+    refused: it was not written by scdfast, and nothing it names may be deleted."""
+    path, shown = os.path.join(folder, MARKER), f"--out {shown or folder}"
+    if not os.path.lexists(path):
         return None
-    return files if isinstance(files, list) and all(isinstance(x, str) for x in files) else None
+    if not os.path.isfile(path) or os.path.islink(path):
+        raise ScdError(f"{shown}: its {MARKER} is not a plain file, so not scdfast's; "
+                       "choose a new folder or empty this one yourself")
+    marker = read_json(path, f"{shown}: {MARKER}")
+    files = marker.get("files") if isinstance(marker, dict) else None
+    if not isinstance(files, list):
+        raise ScdError(f"{shown}: {MARKER} holds no list of files, so it is not scdfast's; "
+                       "choose a new folder or empty this one yourself")
+    foreign = next((name for name in files if not isinstance(name, str) or name not in DATASET_FILES | {MARKER}),
+                   None)
+    if foreign is not None:
+        raise ScdError(f"{shown}: {MARKER} lists {foreign!r}, which is not a file scdfast prepare writes "
+                       f"({', '.join(sorted(DATASET_FILES))}); the marker was not written by scdfast: choose a "
+                       "new folder or empty this one yourself")
+    return files
 
 
 def check_output_dir(out_dir: str, sources: dict[str, str] | None = None) -> None:
@@ -61,7 +82,7 @@ def check_output_dir(out_dir: str, sources: dict[str, str] | None = None) -> Non
     present = set(os.listdir(out))
     if not present:
         return
-    ours = _marker_files(out)
+    ours = _marker_files(out, out_dir)
     if ours is None:
         raise ScdError(f"--out {out_dir}: a non-empty folder scdfast did not write (no {MARKER}); "
                        "choose a new folder or empty this one yourself")
@@ -69,6 +90,12 @@ def check_output_dir(out_dir: str, sources: dict[str, str] | None = None) -> Non
     if foreign:
         raise ScdError(f"--out {out_dir}: holds {foreign[0]}, which scdfast did not write; "
                        "move it away or choose a new folder")
+    replaced = os.path.join(out, REPLACED)
+    if REPLACED in present and (os.path.islink(replaced) or not os.path.isdir(replaced)):
+        raise ScdError(f"--out {out_dir}: holds {REPLACED}, which is not a folder scdfast left; "
+                       "move it away or choose a new folder")
+    if REPLACED in present:
+        _marker_files(replaced, os.path.join(out_dir, REPLACED))  # checked as strictly as the folder's own
 
 
 def _process_alive(host: str, pid: int) -> bool:
@@ -94,10 +121,9 @@ def remove_stale_temporaries(out_dir: str) -> list[str]:
         if not (name.startswith(f".{base}.tmp-") and os.path.isdir(path)):
             continue
         try:
-            with open(os.path.join(path, WRITING)) as f:
-                owner = json.load(f)
+            owner = read_json(os.path.join(path, WRITING))
             alive = _process_alive(str(owner["host"]), int(owner["pid"]))
-        except (OSError, ValueError, KeyError, TypeError):
+        except (ScdError, ValueError, KeyError, TypeError, OverflowError):
             continue  # not a folder this writer marked: leave it
         if not alive:
             shutil.rmtree(path, ignore_errors=True)
@@ -109,10 +135,10 @@ def _remove_replaced(out_dir: str) -> None:
     """Delete the earlier output moved aside by a swap: the files its marker lists, then the
     marker and the (then empty) folder; a file it does not list stays, and so does the folder."""
     old = os.path.join(out_dir, REPLACED)
-    if not os.path.isdir(old):
+    if os.path.islink(old) or not os.path.isdir(old):
         return
     for name in _marker_files(old) or []:
-        if os.path.isfile(os.path.join(old, name)):
+        if os.path.isfile(os.path.join(old, name)) or os.path.islink(os.path.join(old, name)):
             os.unlink(os.path.join(old, name))
     if os.path.isfile(os.path.join(old, MARKER)):
         os.unlink(os.path.join(old, MARKER))
@@ -126,7 +152,8 @@ class DatasetWriter:
 
     def __init__(self, out_dir: str, layout: SkeletonLayout, sources: dict[str, str] | None = None):
         check_output_dir(out_dir, sources)
-        self.out_dir, self.layout = os.path.abspath(out_dir), layout
+        # a link is resolved once: the dataset replaces its target and the link stays a link
+        self.out_dir, self.layout = os.path.realpath(out_dir), layout
         parent = os.path.dirname(self.out_dir)
         os.makedirs(parent, exist_ok=True)
         remove_stale_temporaries(self.out_dir)
@@ -169,6 +196,8 @@ class DatasetWriter:
         np.save(os.path.join(self.tmp, f"{name}_num_frame.npy"), np.asarray(num_frames, dtype=np.int64))
 
     def write_text(self, name: str, text: str) -> None:
+        if name not in DATASET_FILES:
+            raise ValueError(f"{name!r} is not one of the dataset files a marker may list (DATASET_FILES)")
         with open(os.path.join(self.tmp, name), "w") as f:
             f.write(text)
 

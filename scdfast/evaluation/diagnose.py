@@ -56,7 +56,7 @@ def load_subject(path: str) -> Subject:
     if kind in (PRETRAIN_FORMAT, DOWNSTREAM_FORMAT):
         require_fields(payload, ("model_config", "model"), path, f"scdfast {kind}")
     if kind == PRETRAIN_FORMAT:
-        config = from_dict(SCDConfig, payload["model_config"])
+        config = from_dict(SCDConfig, payload["model_config"], f"checkpoint {path}")
         model = SCDNet(config)
         strict_load(model, payload["model"], path, "the SCD-Net its config describes")
         stream = payload.get("pretrain_config", {}).get("representation", "joint")

@@ -7,10 +7,11 @@ from dataclasses import dataclass
 
 import torch
 
-from scdfast.compat import load_official_downstream, read_checkpoint, require_fields, strict_load
+from scdfast.compat import check_state, load_official_downstream, read_checkpoint, require_fields, strict_load
 from scdfast.config import SCDConfig, from_dict, to_dict
 from scdfast.errors import ScdError
 from scdfast.models import DownstreamEncoder
+from scdfast.models.moco import state_shapes
 
 PRETRAIN_FORMAT = "scdfast-pretrain-v1"
 DOWNSTREAM_FORMAT = "scdfast-downstream-v1"
@@ -54,7 +55,9 @@ def load_encoder(path: str, num_classes: int, seed: int = 0) -> EncoderSource:
     if kind in (PRETRAIN_FORMAT, DOWNSTREAM_FORMAT):
         require_fields(payload, ("model_config", "model"), path, f"scdfast {kind}")
     if kind == PRETRAIN_FORMAT:
-        config = from_dict(SCDConfig, payload["model_config"])
+        config = from_dict(SCDConfig, payload["model_config"], f"checkpoint {path}")
+        # the whole model is checked, as diagnose and --resume check it, though only its clue encoder is used
+        check_state(payload["model"], state_shapes(config), path, "the SCD-Net its config describes")
         model = DownstreamEncoder(config, num_classes)
         prefix = "query_encoder.encoder."
         state = {k.removeprefix(prefix): v for k, v in payload["model"].items() if k.startswith(prefix)}
@@ -76,7 +79,7 @@ def load_encoder(path: str, num_classes: int, seed: int = 0) -> EncoderSource:
 def downstream_model(payload: dict, path: str) -> tuple[DownstreamEncoder, SCDConfig]:
     """The fine-tuned model of an scdfast downstream checkpoint (read, fields checked), with
     its stored classifier."""
-    config = from_dict(SCDConfig, payload["model_config"])
+    config = from_dict(SCDConfig, payload["model_config"], f"checkpoint {path}")
     if "fc.weight" not in payload["model"]:
         raise ScdError(f"checkpoint {path}: a downstream checkpoint without its classifier (fc.weight)")
     model = DownstreamEncoder(config, payload["model"]["fc.weight"].shape[0])

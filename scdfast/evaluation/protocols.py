@@ -10,7 +10,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import torch
 
-from scdfast.config import FinetuneConfig, LinearConfig, SCDConfig, preset, to_dict
+from scdfast.config import MAX_SEED, FinetuneConfig, LinearConfig, SCDConfig, preset, to_dict
 from scdfast.data import load_dataset
 from scdfast.data.dataset import layout_spec, model_shape, num_classes
 from scdfast.errors import ScdError
@@ -45,7 +45,7 @@ class ProtocolRequest:
     random_init: bool = False
     random_baseline: bool = False
     streams: tuple[str, ...] | None = None     # overrides the checkpoints' own streams
-    seed: int = 0
+    seed: int = 0                              # the run's one seed: it replaces the configs' own
     linear: LinearConfig | None = None
     finetune: FinetuneConfig | None = None
     k: int = 1
@@ -79,6 +79,8 @@ def _check_request(r: ProtocolRequest) -> None:
         raise ScdError("semi needs --labels (e.g. 10%)")
     if r.protocol in ("semi", "finetune") and r.finetune is None:
         raise ScdError(f"{r.protocol} needs a FinetuneConfig (ProtocolRequest.finetune)")
+    if not 0 <= r.seed <= MAX_SEED:
+        raise ScdError(f"--seed {r.seed}: must be in [0, {MAX_SEED}]")
     if r.embedding not in EMBEDDINGS:
         raise ScdError(f"--embedding {r.embedding!r}: use {' or '.join(EMBEDDINGS)}")
 
@@ -94,7 +96,7 @@ def _sources(r: ProtocolRequest, train, classes: int) -> list:
     streams_seen = set()
     for i, path in enumerate(r.checkpoints):
         source = load_encoder(path, classes, r.seed)
-        theirs = {"num_joints": source.config.num_joints, "num_bodies": source.config.num_bodies,
+        theirs = {**{field: getattr(source.config, field) for field in shape},
                   "layout": layout_spec(source.config.skeleton)}
         if theirs != shape:
             raise ScdError(f"--checkpoint {path}: the encoder takes {theirs['num_joints']} joints x "
@@ -153,6 +155,9 @@ def _evaluate(r: ProtocolRequest, source: EncoderSource, train, test, classes: i
 def run_protocol(r: ProtocolRequest) -> dict:
     """Evaluate, write results.json, results.md, scores.npz and the figures; return the report."""
     _check_request(r)
+    # one seed: the request's draws the subset, the random-init weights and each schedule's order
+    r = replace(r, linear=r.linear and replace(r.linear, seed=r.seed),
+                finetune=r.finetune and replace(r.finetune, seed=r.seed))
     train, test = load_dataset(r.data, seed=r.seed)
     classes = num_classes(train, test, r.num_classes)
     cache = FeatureCache(r.cache_dir)

@@ -6,14 +6,17 @@ paper does: one row per protocol, one column per dataset.
 """
 from __future__ import annotations
 
-import json
 import os
 
 from scdfast.data.synthetic import is_synthetic
 from scdfast.errors import ScdError
+from scdfast.fileio import read_json
 from scdfast.train.rundir import atomic_write, save_json
 
 RESULTS_FILE = "results.json"
+# The first line of a table `report --out` writes (an HTML comment: Markdown renders nothing of it),
+# by which a later `report --out` knows the file as one it may replace.
+REPORT_SIGNATURE = "<!-- written by scdfast report -->\n"
 PROTOCOL_NAMES = {"linear": "linear evaluation", "knn": "kNN retrieval", "semi": "semi-supervised",
                   "finetune": "fine-tuning", "transfer": "transfer (linear)"}
 PROTOCOL_ORDER = list(PROTOCOL_NAMES)
@@ -27,7 +30,7 @@ def protocol_label(report: dict) -> str:
     """'semi-supervised 10%', 'kNN retrieval (k=5)', 'transfer (linear) from nw_ucla', ..."""
     label = PROTOCOL_NAMES[report["protocol"]]
     settings = report.get("settings", {})
-    if report["protocol"] == "semi":
+    if report["protocol"] == "semi" and isinstance(settings.get("label_fraction"), (int, float)):
         label += f" {settings['label_fraction'] * 100:g}%"
     if settings.get("standardize"):
         label += " (standardized)"
@@ -72,14 +75,22 @@ def read_report(run_dir: str) -> dict:
     path = os.path.join(run_dir, RESULTS_FILE) if os.path.isdir(run_dir) else run_dir
     if not os.path.isfile(path):
         raise ScdError(f"{run_dir}: no {RESULTS_FILE} (not the run directory of a protocol command)")
-    try:
-        with open(path) as f:
-            report = json.load(f)
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ScdError(f"{path}: unreadable ({exc.__class__.__name__})") from None
+    report = read_json(path)
+    if not isinstance(report, dict):
+        raise ScdError(f"{path}: not a protocol command's results (a JSON object)")
     for field in ("protocol", "data", "rows"):
         if field not in report:
             raise ScdError(f"{path}: field {field!r} missing (not written by a protocol command)")
+    if report["protocol"] not in PROTOCOL_NAMES or not isinstance(report["data"], str):
+        raise ScdError(f"{path}: protocol {report['protocol']!r} is not one a protocol command writes")
+    rows = report["rows"]
+    if not isinstance(rows, list) or not all(isinstance(r, dict) and isinstance(r.get("encoder"), str)
+                                             and isinstance(r.get("stream"), str)
+                                             and all(isinstance(r.get(k), (int, float)) for k in ("top1", "top5"))
+                                             for r in rows):
+        raise ScdError(f"{path}: field 'rows' is not a list of (encoder, stream, top1, top5) rows")
+    if not isinstance(report.get("settings", {}), dict):
+        raise ScdError(f"{path}: field 'settings' is not an object")
     return report
 
 

@@ -11,6 +11,7 @@ from torch import nn
 
 from scdfast.config import SCDConfig
 from scdfast.models.ctrgcn import CTRGCN
+from scdfast.models.footprint import require_host_memory
 
 
 def _token_embedding(in_features: int, d_model: int) -> nn.Sequential:
@@ -35,6 +36,7 @@ class ClueEncoder(nn.Module):
 
     def __init__(self, config: SCDConfig):
         super().__init__()
+        require_host_memory(config)
         c, t, v, m = config.gcn_channels, config.window, config.num_joints, config.num_bodies
         self.num_bodies = m
         self.gcn_t = CTRGCN(c, v, m, config.in_channels, config.skeleton)

@@ -76,6 +76,13 @@ class SCDNet(nn.Module):
             self.banks[name].enqueue(k, ids if name == "instance" else None)
 
 
+def state_shapes(config: SCDConfig) -> dict[str, torch.Size]:
+    """The keys and shapes of `SCDNet(config).state_dict()`, from a model on the meta device
+    (nothing allocated): what any pretraining checkpoint of this config must hold."""
+    with torch.device("meta"):
+        return {k: v.shape for k, v in SCDNet(config).state_dict().items()}
+
+
 def _authors_queue_names(module, state_dict, prefix, local_metadata) -> None:
     """banks.<head>.keys / .ptr -> <head>_queue / <head>_queue_ptr, the layout of SCD-Net's checkpoints."""
     for name in QUEUE_NAMES:

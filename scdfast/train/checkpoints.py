@@ -13,7 +13,7 @@ import tempfile
 
 import torch
 
-from scdfast.train.rundir import save_checkpoint
+from scdfast.train.rundir import TMP_PREFIX, save_checkpoint
 
 _STEP_FILE = re.compile(r"^step-(\d+)\.pt$")
 
@@ -72,7 +72,7 @@ class CheckpointKeeper:
         save_checkpoint(state, path)  # a failed write is a one-line ScdError; earlier files intact
 
     def _point_last_at(self, path: str) -> None:
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=self.directory)
+        fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, dir=self.directory)
         os.close(fd)
         os.unlink(tmp)
         try:

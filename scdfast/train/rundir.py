@@ -4,7 +4,9 @@ Written so that nothing already there is damaged: every file goes through a temp
 fsync and rename (and the directory is fsynced after it), so a crash or a full disk never
 leaves a half-written file in place of a good one, and a write that fails is one line naming
 the file and the free space. One process writes a run at a time (an advisory lock the OS
-releases on any exit). A new run refuses a directory that holds a run unless told to
+releases on any exit). A run directory is new, empty, or one scdfast made (it holds the
+RUN_MARKER file); any other folder is refused, so a user's own files are never written over
+or cleaned up as temporaries. A new run refuses a directory that holds a run unless told to
 overwrite it, and then removes only the files scdfast writes there.
 """
 from __future__ import annotations
@@ -27,10 +29,13 @@ from scdfast.errors import ScdError
 from scdfast.fileio import current_umask, fsync_dir
 
 LOCK_FILE = ".lock"
+RUN_MARKER = ".scdfast-run"         # in every run directory scdfast made: the command that made it
+TMP_PREFIX = ".scdfast-tmp-"        # a file being written; one a kill left is removed at the next start
 # What scdfast writes in a run directory (pretraining and protocols); --overwrite removes these only.
 RUN_FILES = ("config.json", "metrics.csv", "steps.csv", "report.json", "curves.png", "results.json", "results.md",
-             "scores.npz", "confusion-*.png", "embedding-*.png", ".tmp-*", LOCK_FILE)
-RUN_SUBDIRS = {"checkpoints": ("step-*.pt", "best.pt", "last.pt", "*-joint.pt", "*-motion.pt", "*-bone.pt", ".tmp-*"),
+             "scores.npz", "confusion-*.png", "embedding-*.png", TMP_PREFIX + "*", LOCK_FILE)
+RUN_SUBDIRS = {"checkpoints": ("step-*.pt", "best.pt", "last.pt", "*-joint.pt", "*-motion.pt", "*-bone.pt",
+                               TMP_PREFIX + "*"),
                "tensorboard": ("events.out.tfevents.*",)}
 RUN_EVIDENCE = ("config.json", "results.json", "report.json", "metrics.csv", "steps.csv")
 
@@ -59,7 +64,7 @@ def atomic_write(path: str, write: Callable[[Any], None], mode: str = "wb") -> N
     tmp = None
     try:
         os.makedirs(directory, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
+        fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, dir=directory)
         os.fchmod(fd, 0o666 & ~current_umask())  # mkstemp makes 0600; give the file ordinary permissions
         with os.fdopen(fd, mode) as f:
             write(f)
@@ -75,6 +80,28 @@ def atomic_write(path: str, write: Callable[[Any], None], mode: str = "wb") -> N
     finally:
         if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def check_output_file(path: str, option: str, signature: str, overwrite: bool = False) -> None:
+    """Refuse, before any work, an existing file at `path` that does not begin with `signature`
+    (the mark of an earlier output of the same command), unless `overwrite`."""
+    if os.path.isfile(path) and not overwrite:
+        with open(path, "rb") as f:
+            head = f.read(len(signature.encode()))
+        if head != signature.encode():
+            raise ScdError(f"{option} {path}: exists and is not a file this command wrote; choose another "
+                           "name, or pass --overwrite to replace it")
+
+
+def write_output_file(path: str, option: str, text: str, signature: str, overwrite: bool = False) -> None:
+    """A file a command writes where the user says (`report --out`, `diagnose --json`): `text`
+    begins with `signature`, which marks the file as this command's. An existing file is replaced
+    only when it begins with the same signature (an earlier output) or with `overwrite`; any
+    other file is refused, so a typo cannot replace a user's data."""
+    if not text.startswith(signature):
+        raise ValueError("the text must begin with its signature")
+    check_output_file(path, option, signature, overwrite)
+    atomic_write(path, lambda f: f.write(text), mode="w")
 
 
 def save_checkpoint(obj: dict, path: str) -> None:
@@ -120,7 +147,7 @@ def remove_stale_temporaries(run_dir: str) -> None:
     for folder in (run_dir, os.path.join(run_dir, "checkpoints")):
         if os.path.isdir(folder):
             for name in os.listdir(folder):
-                if name.startswith(".tmp-") and os.path.isfile(os.path.join(folder, name)):
+                if name.startswith(TMP_PREFIX) and os.path.isfile(os.path.join(folder, name)):
                     os.unlink(os.path.join(folder, name))
 
 
@@ -156,6 +183,17 @@ def release_run_dir(run_dir: str) -> None:
         os.close(fd)
 
 
+def _check_ours(run_dir: str, resume: bool) -> None:
+    """Refuse a non-empty folder scdfast did not make (no RUN_MARKER). A run being resumed may
+    predate the marker: its checkpoint, checked by the caller, shows whose it is."""
+    if resume or os.path.isfile(os.path.join(run_dir, RUN_MARKER)):
+        return
+    present = sorted(set(os.listdir(run_dir)) - {LOCK_FILE})
+    if present:
+        raise ScdError(f"--run-dir {run_dir}: a folder scdfast did not make (it holds {present[0]} and no "
+                       f"{RUN_MARKER}); give a new or empty folder, or the run directory of an earlier scdfast run")
+
+
 class RunDir:
     """The run directory of one command: made (or, with `overwrite`, cleared of scdfast's
     files) and locked on entry; a directory this command made and left with nothing in it
@@ -167,8 +205,8 @@ class RunDir:
     def __init__(self, run_dir: str | None, command: str, overwrite: bool = False, resume: bool = False):
         if run_dir is None:
             run_dir = os.path.join("runs", f"{command}-{time.strftime('%Y%m%d-%H%M%S')}")
-        self.path, self.overwrite, self.resume = run_dir, overwrite, resume
-        self.created = False
+        self.path, self.command, self.overwrite, self.resume = run_dir, command, overwrite, resume
+        self.created = self.marked = False
 
     def __enter__(self) -> str:
         run_dir = self.path
@@ -177,6 +215,8 @@ class RunDir:
         if os.path.exists(run_dir) and not os.path.isdir(run_dir):
             raise ScdError(f"--run-dir {run_dir}: exists and is not a directory")
         self.created = not os.path.exists(run_dir)
+        if not self.created:
+            _check_ours(run_dir, self.resume)
         os.makedirs(run_dir, exist_ok=True)
         lock_run_dir(run_dir)
         if not self.resume and holds_run(run_dir):
@@ -185,6 +225,10 @@ class RunDir:
                 raise ScdError(f"--run-dir {run_dir}: holds an earlier run; continue it with --resume {run_dir} "
                                "(pretrain), choose another directory, or pass --overwrite to replace its scdfast files")
             clear_run(run_dir)
+        marker = os.path.join(run_dir, RUN_MARKER)
+        if not os.path.isfile(marker):
+            atomic_write(marker, lambda f: json.dump({"command": self.command}, f), mode="w")
+            self.marked = True
         os.makedirs(os.path.join(run_dir, "checkpoints"), exist_ok=True)
         return run_dir
 
@@ -192,10 +236,13 @@ class RunDir:
         if int(os.environ.get("RANK", "0")) != 0:
             return
         release_run_dir(self.path)
-        if exc_type is not None and self.created and not holds_run(self.path):
-            clear_run(self.path)
-            if os.path.isdir(self.path) and not [n for n in os.listdir(self.path) if n != LOCK_FILE]:
-                shutil.rmtree(self.path)
+        if exc_type is None or holds_run(self.path) or not (self.created or self.marked):
+            return
+        clear_run(self.path)  # a refused command leaves the folder as it found it
+        if self.marked:
+            os.unlink(os.path.join(self.path, RUN_MARKER))
+        if self.created and not [n for n in os.listdir(self.path) if n != LOCK_FILE]:
+            shutil.rmtree(self.path)
 
 
 def _upgrade_header(path: str, fields: list[str]) -> None:

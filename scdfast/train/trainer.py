@@ -86,14 +86,16 @@ def steps_per_epoch(model_config: SCDConfig, config: PretrainConfig, train: Skel
 
 
 def check_same_dataset(resume: dict, identity: dict) -> None:
-    """A resumed run reads the dataset it started on (path, shapes and a fingerprint)."""
+    """A resumed run reads the dataset it started on: source, shapes, a fingerprint and the hash
+    of every value (recorded since 2026-12; a checkpoint from before is checked on the rest)."""
     saved = resume.get("dataset")
-    if saved is None:
+    if not isinstance(saved, dict):
         return  # a checkpoint from before identities were recorded
-    for field in ("samples", "shape", "fingerprint"):
-        if saved.get(field) != identity.get(field):
+    for field in ("samples", "shape", "fingerprint", "sha256"):
+        if field in saved and saved[field] != identity.get(field):
+            then, now = (str(v)[:12] + "..." if field == "sha256" else v for v in (saved[field], identity.get(field)))
             raise ScdError(f"--resume: the dataset {identity['data']} differs from the one the run started on "
-                           f"({field} {saved.get(field)} then, {identity.get(field)} now)")
+                           f"({field} {then} then, {now} now); resume it on the data it started on")
 
 
 def _peak_memory(device: torch.device) -> int:
