@@ -106,7 +106,8 @@ def _finetune_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lr", type=float, help="override the learning rate (default 0.1; tiny 0.01)")
     parser.add_argument("--batch-size", type=int, help="override the batch size (default 128; tiny 32)")
     parser.add_argument("--precision", choices=choices(PretrainConfig, "precision"), default="auto",
-                        help="default auto: bf16 autocast on CUDA, fp32 on the CPU")
+                        help="default auto: bf16 autocast on CUDA and on CPUs with AVX-512-BF16 or AMX, fp32 on "
+                             "other CPUs")
 
 
 def _knn_options(parser: argparse.ArgumentParser) -> None:
@@ -171,9 +172,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keep-last", type=int, help="step checkpoints to keep besides best.pt and last.pt (default 3)")
     p.add_argument("--log-every", type=int, help="steps between loss reads and steps.csv rows (default 10)")
     p.add_argument("--compile", choices=choices(PretrainConfig, "compile"),
-                   help="torch.compile mode of both encoders (default auto: 'default' on CUDA, off on the CPU)")
+                   help="torch.compile mode of both encoders (default auto: 'default' on CUDA; on the CPU 'default' "
+                        "for a run of 2,000 steps or more, which wins back the minutes of compiling, else off)")
     p.add_argument("--precision", choices=choices(PretrainConfig, "precision"),
-                   help="default auto: bf16 autocast on CUDA, fp32 on the CPU")
+                   help="default auto: bf16 autocast on CUDA and on CPUs with AVX-512-BF16 or AMX, fp32 on other "
+                        "CPUs")
     p.add_argument("--bn", choices=choices(PretrainConfig, "bn"),
                    help="BatchNorm across torchrun ranks: auto (shuffle-BN when distributed, default), local, "
                         "shuffle, or sync (SyncBatchNorm, CUDA only)")

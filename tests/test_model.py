@@ -72,6 +72,88 @@ def test_downstream_feature_is_concat_of_clues():
         assert model(x).shape == (2, 7)
 
 
+def _authors_ctrgc(m, x, a, alpha):
+    """CTRGC.forward as the authors' CTR-GCN code writes it: each convolution on every frame,
+    the adjacency (N, C, U, V) scaled by alpha, and an einsum."""
+    x1, x2, x3 = m.conv1(x).mean(-2), m.conv2(x).mean(-2), m.conv3(x)
+    x1 = torch.tanh(x1.unsqueeze(-1) - x2.unsqueeze(-2))
+    x1 = m.conv4(x1) * alpha + a.unsqueeze(0).unsqueeze(0)
+    return torch.einsum("ncuv,nctv->nctu", x1, x3)
+
+
+@pytest.mark.parametrize("in_channels,out_channels", [(3, 16), (16, 12)])
+def test_ctrgc_equals_the_authors_computation(in_channels, out_channels):
+    from scdfast.models.ctrgcn import CTRGC
+    torch.manual_seed(0)
+    m = CTRGC(in_channels, out_channels).double()
+    x = torch.randn(3, in_channels, 7, 11, dtype=torch.float64, requires_grad=True)
+    a = torch.randn(11, 11, dtype=torch.float64, requires_grad=True)
+    alpha = torch.tensor([0.7], dtype=torch.float64, requires_grad=True)
+    grad = torch.randn(3, out_channels, 7, 11, dtype=torch.float64)
+    leaves = [x, a, alpha, *m.parameters()]
+    ours = torch.autograd.grad(m(x, a, alpha), leaves, grad)
+    theirs = torch.autograd.grad(_authors_ctrgc(m, x, a, alpha), leaves, grad)
+    torch.testing.assert_close(m(x, a, alpha), _authors_ctrgc(m, x, a, alpha), rtol=1e-12, atol=1e-12)
+    for name, g, want in zip(["x", "a", "alpha", *(n for n, _ in m.named_parameters())], ours, theirs):
+        torch.testing.assert_close(g, want, rtol=1e-10, atol=1e-10, msg=name)
+
+
+def test_pointwise_conv_is_the_convolution():
+    from scdfast.models.ctrgcn import PointwiseConv
+    torch.manual_seed(0)
+    conv = PointwiseConv(5, 7).double()
+    x = torch.randn(3, 5, 9, 11, dtype=torch.float64, requires_grad=True)
+    grad = torch.randn(3, 7, 9, 11, dtype=torch.float64)
+    leaves = [x, conv.weight, conv.bias]
+    ours = torch.autograd.grad(conv(x), leaves, grad)
+    reference = torch.nn.functional.conv2d(x, conv.weight, conv.bias)
+    torch.testing.assert_close(conv(x), reference, rtol=1e-12, atol=1e-12)
+    for g, want in zip(ours, torch.autograd.grad(reference, leaves, grad)):
+        torch.testing.assert_close(g, want, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("values", ["random", "ties"])
+def test_temporal_max_pool_is_the_2d_pool(values):
+    from scdfast.models.ctrgcn import TemporalMaxPool
+    shape = (2, 3, 7, 5)
+    x = torch.randn(shape, dtype=torch.float64) if values == "random" else \
+        torch.randint(0, 3, shape).double()  # equal neighbours: the gradient goes where the 2-D pool sends it
+    x.requires_grad_()
+    grad = torch.randn(shape, dtype=torch.float64)
+    ours, reference = TemporalMaxPool()(x), torch.nn.functional.max_pool2d(x, (3, 1), stride=1, padding=(1, 0))
+    torch.testing.assert_close(ours, reference, rtol=0, atol=0)
+    torch.testing.assert_close(torch.autograd.grad(ours, x, grad)[0], torch.autograd.grad(reference, x, grad)[0],
+                               rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("train", [True, False])
+def test_temporal_branches_merged_equal_each_branch_on_its_own(train):
+    """MultiScaleTemporalConv computes its four bottlenecks as one convolution and one BatchNorm;
+    the branches run one by one, as the authors' module does, give the same outputs, gradients
+    and running statistics."""
+    import copy
+
+    from scdfast.models.ctrgcn import MultiScaleTemporalConv
+    torch.manual_seed(0)
+    merged = MultiScaleTemporalConv(12).double().train(train)
+    for m in merged.modules():  # non-trivial statistics, so that a mixed-up channel shows
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.normal_()
+            m.running_var.uniform_(0.5, 2.0)
+    separate = copy.deepcopy(merged)
+    x = torch.randn(4, 12, 9, 7, dtype=torch.float64, requires_grad=True)
+    grad = torch.randn(4, 12, 9, 7, dtype=torch.float64)
+    ours = merged(x)
+    theirs = torch.cat([branch(x.clone()) for branch in separate.branches], dim=1)
+    torch.testing.assert_close(ours, theirs, rtol=1e-12, atol=1e-12)
+    g_ours = torch.autograd.grad(ours, [x, *merged.parameters()], grad)
+    g_theirs = torch.autograd.grad(theirs, [x, *separate.parameters()], grad)
+    for a, b in zip(g_ours, g_theirs):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+    for (name, a), b in zip(merged.named_buffers(), separate.buffers()):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12, msg=name)
+
+
 def test_ctrgcn_keeps_frames_and_joints():
     out = CTRGCN(8)(torch.randn(2, 3, 16, 25, 2))
     assert out.shape == (4, 8, 16, 25)

@@ -49,6 +49,23 @@ def test_bf16_autocast_step_is_close_to_fp32():
     torch.testing.assert_close(_losses(precision="bf16", steps=2), _losses(steps=2), rtol=0.05, atol=0.05)
 
 
+def test_auto_precision_is_bf16_where_the_cpu_multiplies_it(monkeypatch):
+    import scdfast.train.step as step_module
+    for native, want in ((True, "bf16"), (False, "fp32")):
+        monkeypatch.setattr(step_module, "cpu_bf16", lambda native=native: native)
+        assert step_module.resolve_precision("auto", torch.device("cpu")) == want
+    assert step_module.resolve_precision("fp32", torch.device("cuda")) == "fp32"
+
+
+def test_auto_compiles_on_the_cpu_only_a_run_long_enough_to_win_it_back():
+    from scdfast.train.step import CPU_COMPILE_MIN_STEPS, resolve_compile
+    cpu = torch.device("cpu")
+    assert resolve_compile("auto", cpu, 240) is None and resolve_compile("auto", cpu) is None
+    assert resolve_compile("auto", cpu, CPU_COMPILE_MIN_STEPS) == "default"
+    assert resolve_compile("auto", torch.device("cuda"), 10) == "default"
+    assert resolve_compile("off", torch.device("cuda"), 10**6) is None
+
+
 @pytest.mark.parametrize("kwargs, message", [
     ({"compile_mode": "fastest"}, "compile='fastest'"),
     ({"precision": "fp8"}, "precision='fp8'"),
@@ -77,7 +94,8 @@ def test_a_timed_step_splits_its_phases_and_computes_the_same_loss():
     def run(timer):
         torch.manual_seed(0)
         model = SCDNet(CONFIG)
-        step = PretrainStep(model, torch.optim.SGD(model.query_encoder.parameters(), lr=0.05), torch.device("cpu"))
+        step = PretrainStep(model, torch.optim.SGD(model.query_encoder.parameters(), lr=0.05), torch.device("cpu"),
+                            precision="fp32")
         g = torch.Generator().manual_seed(1)
         return step(*(torch.randn(8, 3, CONFIG.window, 25, 2, generator=g) for _ in range(2)), timer=timer)
     timer = PhaseTimer(torch.device("cpu"))
@@ -89,7 +107,8 @@ def test_queue_fill_writes_the_initial_key_encoders_keys():
     config = SCDConfig.tiny(queue_size=16, dropout=0.0)
     model = SCDNet(config)
     reference = copy.deepcopy(model)
-    step = PretrainStep(model, torch.optim.SGD(model.query_encoder.parameters(), lr=0.1), torch.device("cpu"))
+    step = PretrainStep(model, torch.optim.SGD(model.query_encoder.parameters(), lr=0.1), torch.device("cpu"),
+                        precision="fp32")
     views = [torch.randn(8, 3, config.window, 25, 2) for _ in range(2)]
     for view in views:
         step.enqueue_keys(view)
@@ -114,7 +133,7 @@ def test_own_keys_are_labelled_and_left_out_of_the_negatives(monkeypatch):
     config = SCDConfig.tiny(queue_size=16, dropout=0.0)
     model = SCDNet(config)
     step = PretrainStep(model, torch.optim.SGD(model.query_encoder.parameters(), lr=0.1), torch.device("cpu"),
-                        exclude_own_keys=True)
+                        precision="fp32", exclude_own_keys=True)
     view = lambda: torch.randn(8, 3, config.window, 25, 2)  # noqa: E731
     step.enqueue_keys(view(), torch.arange(8))
     step.enqueue_keys(view(), torch.arange(8, 16))

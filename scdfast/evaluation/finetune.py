@@ -9,7 +9,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from scdfast.augment.batched import BatchAugmenter
@@ -17,6 +16,7 @@ from scdfast.config import FinetuneConfig, step_lr
 from scdfast.data import SkeletonSet
 from scdfast.data.resident import ResidentData
 from scdfast.errors import ScdError
+from scdfast.evaluation.classifier_step import classification_step
 from scdfast.evaluation.encoders import EncoderSource
 from scdfast.evaluation.features import eval_batch
 from scdfast.evaluation.metrics import topk_accuracy
@@ -78,7 +78,7 @@ def finetune(source: EncoderSource, train: SkeletonSet, test: SkeletonSet, confi
         return torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
 
     optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.sgd_momentum,
-                                weight_decay=config.weight_decay)
+                                weight_decay=config.weight_decay, foreach=True)
     model.train()
     step, best = 0, 0.0
     bar = tqdm(range(config.epochs), desc="fine-tune", unit="epoch", disable=not progress)
@@ -89,11 +89,7 @@ def finetune(source: EncoderSource, train: SkeletonSet, test: SkeletonSet, confi
         for index in epoch_batches(order, config.batch_size):
             batch = resident.batch(index)
             x = augmenter(batch.data, batch.num_frames, batch.index, step, validate=False)
-            with autocast():
-                loss = F.cross_entropy(model(x).float(), labels[torch.from_numpy(index).to(device)])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            loss = classification_step(model, optimizer, x, labels[torch.from_numpy(index).to(device)], autocast)
             step += 1
         if (epoch + 1) % config.eval_every == 0 or epoch + 1 == config.epochs:
             if not torch.isfinite(loss):  # read back only here, where the bar reads it anyway

@@ -9,12 +9,12 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from scdfast.config import LinearConfig, step_lr
 from scdfast.data import SkeletonSet
 from scdfast.errors import ScdError
+from scdfast.evaluation.classifier_step import classification_step
 from scdfast.evaluation.features import eval_batch
 from scdfast.evaluation.metrics import topk_accuracy
 from scdfast.models import DownstreamEncoder
@@ -49,10 +49,7 @@ def _fit(features: Callable[[torch.Tensor], torch.Tensor], train_y: torch.Tensor
         order = torch.randperm(train_y.shape[0], generator=generator).to(device)
         for lo in range(0, train_y.shape[0], config.batch_size):
             idx = order[lo:lo + config.batch_size]
-            loss = F.cross_entropy(fc(features(idx)), train_y[idx])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            classification_step(fc, optimizer, features(idx), train_y[idx])
         with torch.no_grad():
             logits = test_logits(fc)
         best = max(best, topk_accuracy(logits, test_y, 1))

@@ -17,6 +17,7 @@ from scdfast.losses import scd_loss
 from scdfast.models import SCDNet
 from scdfast.models.moco import unit_clues
 from scdfast.train import collapse
+from scdfast.train.device import cpu_bf16
 from scdfast.train.distributed import Distributed
 from scdfast.train.phases import PhaseTimer
 
@@ -26,28 +27,48 @@ PRECISIONS = choices(PretrainConfig, "precision")
 BN_MODES = tuple(mode for mode in choices(PretrainConfig, "bn") if mode != "auto")  # "auto" is resolved before
 
 
-def resolve_compile(mode: str, device: torch.device) -> str | None:
-    """`auto`: the default inductor mode on CUDA (stable with the fused loss's custom op);
-    off on the CPU, where compiling costs more time than a short run saves."""
+# A compiled CPU step is about 1.1x faster than eager (tiny preset, 2-core AMD EPYC) but compiling
+# takes 130-165 s there, so auto compiles on the CPU only for runs long enough to win it back
+# (benchmarks/RESULTS.md, "The pretraining step").
+CPU_COMPILE_MIN_STEPS = 2000
+
+
+def resolve_compile(mode: str, device: torch.device, steps: int | None = None) -> str | None:
+    """`auto`: the default inductor mode on CUDA (stable with the fused loss's custom op); on the
+    CPU the same for a run of at least CPU_COMPILE_MIN_STEPS `steps`, else eager."""
     if mode not in COMPILE_MODES:
         raise ScdError(f"compile={mode!r}: choose one of {', '.join(COMPILE_MODES)}")
     if mode == "auto":
-        return "default" if device.type == "cuda" else None
+        long_run = steps is not None and steps >= CPU_COMPILE_MIN_STEPS
+        return "default" if device.type == "cuda" or long_run else None
     return None if mode == "off" else mode
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
+    """`auto`: bf16 autocast on CUDA and on CPUs that multiply bf16 natively (AVX-512-BF16,
+    AMX), where it is 1.3-1.5x faster than fp32 (benchmarks/RESULTS.md); fp32 elsewhere."""
     if precision not in PRECISIONS:
         raise ScdError(f"precision={precision!r}: choose one of {', '.join(PRECISIONS)}")
     if precision == "auto":
-        return "bf16" if device.type == "cuda" else "fp32"
+        return "bf16" if device.type == "cuda" or (device.type == "cpu" and cpu_bf16()) else "fp32"
     return precision
+
+
+def _keep_conv_layouts() -> None:
+    """Inductor on the CPU turns convolution outputs channels-last, and CTR-GCN's graph matmul
+    (batched over sample and channel) then reaches the CPU bmm with operands it cannot batch: it
+    copies and multiplies 8,192 small matrices one by one, 295,000 copies a tiny step, which made
+    the compiled step 1.9x slower than eager (benchmarks/RESULTS.md). Keeping the layouts eager
+    uses is a process-wide inductor setting; scdfast compiles nothing else."""
+    import torch._inductor.config as inductor_config
+    inductor_config.layout_optimization = False
 
 
 class PretrainStep:
     def __init__(self, model: SCDNet, optimizer: torch.optim.Optimizer, device: torch.device,
                  compile_mode: str = "auto", precision: str = "auto", distributed: Distributed | None = None,
-                 bn_mode: str = "local", seed: int = 0, exclude_own_keys: bool = False):
+                 bn_mode: str = "local", seed: int = 0, exclude_own_keys: bool = False, steps: int | None = None):
+        """`steps`: how many steps the run will take, for compile="auto" (resolve_compile)."""
         if bn_mode not in BN_MODES:
             raise ScdError(f"bn={bn_mode!r}: choose one of {', '.join(BN_MODES)}")
         if bn_mode != "local" and distributed is None:
@@ -63,8 +84,10 @@ class PretrainStep:
             model.query_encoder, model.key_encoder = query, key
         if distributed is not None:
             query = DistributedDataParallel(query, device_ids=[device.index] if device.type == "cuda" else None)
-        mode = resolve_compile(compile_mode, device)
+        mode = resolve_compile(compile_mode, device, steps)
         if mode is not None:
+            if device.type == "cpu":
+                _keep_conv_layouts()
             query, key = torch.compile(query, mode=mode), torch.compile(key, mode=mode)
         self.query, self.key = query, key
         self.precision = resolve_precision(precision, device)
