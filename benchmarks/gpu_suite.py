@@ -14,8 +14,10 @@ DIR/results.json and DIR/results.md after every part:
                open_clip: pip install 'scdfast[peers]'); forward, backward and both;
                median time, peak extra memory, achieved TFLOP/s and GB/s against the roofline
   augment      views/s of the batched augmentation on the GPU (4,096 views of 64 frames)
-  pretrain     paper-preset samples/s at batch 64 and 256 (and an authors-like loop at 64),
-               model FLOP utilisation, the NTU-60 recipe's projected time (451 x 40,091)
+  pretrain     paper-preset samples/s at batch 64 and 256 in bf16 under each torch.compile mode
+               (eager, default, reduce-overhead with CUDA graphs, max-autotune-no-cudagraphs)
+               with its warm-up and kernel launches a step, an authors-like loop at 64, model
+               FLOP utilisation, the NTU-60 recipe's projected time (451 x 40,091)
   ucla         with --ucla-raw: prepare NW-UCLA, pretrain the paper-size model for what the
                budget leaves, then linear evaluation and 1-NN against random init
 
@@ -315,37 +317,59 @@ def part_augment(suite: Suite) -> dict:
     return {"views_per_batch": views, "frames": 64, "ms_per_batch": ms, "views_per_s": views / (ms * 1e-3)}
 
 
+# torch.compile modes the pretraining part times on CUDA (the dry run on a CPU: eager only, since
+# compiling there takes minutes)
+PRETRAIN_MODES = ("off", "default", "reduce-overhead", "max-autotune-no-cudagraphs")
+
+
 def part_pretrain(suite: Suite) -> dict:
     import torch
 
-    import pretrain_throughput as loop
     from scdfast.config import PretrainConfig, SCDConfig, preset
     from scdfast.data.synthetic import generate
     from scdfast.models import SCDNet
     from scdfast.train.phases import step_flops
+    from step_throughput import AUTHORS, Variant, launches_per_step
     name = "tiny" if suite.dry_run else "paper"
-    batches, steps, warmup = ((8, 16), 2, 1) if suite.dry_run else ((64, 256), 20, 5)
+    batches, steps = ((8, 16), 2) if suite.dry_run else ((64, 256), 10)
+    modes = ("off",) if suite.dry_run else PRETRAIN_MODES
     model_config = preset(name, SCDConfig)
     data = generate(64 if suite.dry_run else 2048, seed=0)
     peak, _ = device_peaks(suite.device)
+    deadline = time.monotonic() + suite.allowance("pretrain")
     rows = []
     for batch in batches:
         config = preset(name, PretrainConfig, batch_size=batch)
-        samples_per_s = loop.scdfast_loop(model_config, config, data, suite.device, steps, warmup)
-        model = SCDNet(model_config).to(suite.device)
         views = torch.randn(batch, 3, model_config.window, 25, 2, device=suite.device)
-        flops_per_sample = step_flops(model, views, views) / batch
-        row = {"preset": name, "batch": batch, "samples_per_s": samples_per_s, "model_tflops": flops_per_sample *
-               samples_per_s / 1e12, "ntu60_projected_hours": NTU60_EPOCHS * NTU60_SAMPLES / samples_per_s / 3600}
-        if peak:
-            row["mfu"] = flops_per_sample * samples_per_s / peak
-        if batch == batches[0]:
-            row["authors_like_samples_per_s"] = loop.baseline(model_config, config, data, suite.device, steps, warmup,
-                                                              workers=min(8, os.cpu_count() or 1))
-            row["speedup_over_authors_like"] = samples_per_s / row["authors_like_samples_per_s"]
-        rows.append(row)
-        print(f"   batch {batch}: {samples_per_s:.1f} samples/s", flush=True)
-        suite.results.setdefault("measured", {})["samples_per_s"] = samples_per_s
+        flops_per_sample = step_flops(SCDNet(model_config).to(suite.device).train(), views, views) / batch
+        authors = None
+        for variant_name in ([AUTHORS] if batch == batches[0] else []) + [f"bf16 {mode}" for mode in modes]:
+            row = {"preset": name, "batch": batch, "variant": variant_name}
+            rows.append(row)
+            if time.monotonic() > deadline:
+                row["skipped"] = "the part's share of the budget is spent"
+                continue
+            precision, mode = (None, None) if variant_name == AUTHORS else variant_name.split()
+            variant = Variant(variant_name, model_config, config, data, suite.device, mode, precision)
+            variant.warm_up(2)
+            variant.timed_round(steps)
+            rate = variant.rates[-1]
+            row.update(samples_per_s=rate, warmup_s=round(variant.warmup_s, 1), launches=launches_per_step(variant),
+                       model_tflops=flops_per_sample * rate / 1e12,
+                       ntu60_projected_hours=NTU60_EPOCHS * NTU60_SAMPLES / rate / 3600)
+            if peak:
+                row["mfu"] = flops_per_sample * rate / peak
+            if variant_name == AUTHORS:
+                authors = rate
+            elif authors:
+                row["speedup_over_authors_like"] = rate / authors
+            print(f"   batch {batch}, {variant_name}: {rate:.1f} samples/s (warm-up {variant.warmup_s:.0f} s)", flush=True)
+            del variant
+            if suite.device.type == "cuda":
+                torch.cuda.empty_cache()
+    measured = [r for r in rows if "samples_per_s" in r and r["variant"] != AUTHORS]
+    if measured:
+        suite.results.setdefault("measured", {})["samples_per_s"] = max(r["samples_per_s"] for r in measured)
     return {"rows": rows}
 
 
@@ -419,12 +443,15 @@ def render_markdown(results: dict) -> str:
                       f"{aug['frames']} frames, {_fmt(aug['ms_per_batch'])} ms a batch)"]
     pre = parts.get("pretrain", {}).get("rows")
     if pre:
-        lines += ["", "## Pretraining", "", "| preset | batch | samples/s | model TFLOP/s | MFU | NTU-60 recipe, hours | "
-                  "authors-like samples/s | speed-up |", "|" + "---|" * 8]
+        lines += ["", "## Pretraining (whole steps, views included; launches: CUDA kernels a step, on a CPU ATen "
+                      "operators)", "",
+                  "| preset | batch | variant | samples/s | vs authors-like | warm-up s | launches | model TFLOP/s | MFU | "
+                  "NTU-60 recipe, hours |", "|" + "---|" * 10]
         for r in pre:
-            lines.append("| " + " | ".join(_fmt(r.get(k)) for k in (
-                "preset", "batch", "samples_per_s", "model_tflops", "mfu", "ntu60_projected_hours",
-                "authors_like_samples_per_s", "speedup_over_authors_like")) + " |")
+            lines.append("| " + " | ".join(_fmt(r.get("skipped") if k == "samples_per_s" and "skipped" in r else r.get(k))
+                                           for k in ("preset", "batch", "variant", "samples_per_s",
+                                                     "speedup_over_authors_like", "warmup_s", "launches",
+                                                     "model_tflops", "mfu", "ntu60_projected_hours")) + " |")
     ucla = parts.get("ucla", {})
     if ucla.get("status") == "ok" and "linear" in ucla:
         lines += ["", f"## NW-UCLA, {ucla['epochs']} pretraining epochs", "", "| protocol | encoder | top-1 % | top-5 % |",

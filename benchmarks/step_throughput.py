@@ -202,6 +202,19 @@ def operator_count(variant: Variant) -> int:
     return counter.count
 
 
+def launches_per_step(variant: Variant) -> int:
+    """What one whole step launches, from torch.profiler: CUDA kernels on a GPU, ATen operators
+    (outermost and nested) on a CPU."""
+    from torch.profiler import ProfilerActivity, profile
+    cuda = variant.device.type == "cuda"
+    with profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])) as prof:
+        variant.run_step()
+        _sync(variant.device)
+    if cuda:
+        return sum(1 for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA)
+    return sum(1 for e in prof.events() if e.name.startswith("aten::"))
+
+
 def top_operators(variant: Variant, rows: int) -> str:
     """torch.profiler's table of one step's operators by self time."""
     from torch.profiler import ProfilerActivity, profile

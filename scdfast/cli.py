@@ -172,8 +172,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keep-last", type=int, help="step checkpoints to keep besides best.pt and last.pt (default 3)")
     p.add_argument("--log-every", type=int, help="steps between loss reads and steps.csv rows (default 10)")
     p.add_argument("--compile", choices=choices(PretrainConfig, "compile"),
-                   help="torch.compile mode of both encoders (default auto: 'default' on CUDA; on the CPU 'default' "
-                        "for a run of 2,000 steps or more, which wins back the minutes of compiling, else off)")
+                   help="torch.compile mode of both encoders (default auto: 'default' on CUDA, off on the CPU, where "
+                        "compiling takes minutes and the compiled bf16 step is no faster)")
     p.add_argument("--precision", choices=choices(PretrainConfig, "precision"),
                    help="default auto: bf16 autocast on CUDA and on CPUs with AVX-512-BF16 or AMX, fp32 on other "
                         "CPUs")

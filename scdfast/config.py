@@ -267,9 +267,9 @@ class PretrainConfig(_Presets):
     log_every: int = 10
     """Steps between host reads of the loss (progress bar, steps.csv, the non-finite guard)."""
     compile: CompileMode = "auto"
-    """torch.compile mode of both encoders: auto ("default" on CUDA; on the CPU "default" for a run
-    of 2,000 steps or more, whose compiling (2-3 minutes on 2 cores) the faster steps win back,
-    else off), off, default, reduce-overhead, max-autotune, max-autotune-no-cudagraphs."""
+    """torch.compile mode of both encoders: auto ("default" on CUDA, eager on the CPU, where
+    compiling costs minutes and the compiled bf16 step is no faster), off, default,
+    reduce-overhead, max-autotune, max-autotune-no-cudagraphs."""
     precision: Precision = "auto"
     """auto (bf16 autocast on CUDA and on CPUs with AVX-512-BF16 or AMX, fp32 on other CPUs),
     fp32 or bf16."""

@@ -78,6 +78,17 @@ class RunLog:
         self.bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.3g}", epoch=epoch, data=f"{data_s:.1f}s",
                              compute=f"{compute_s:.1f}s", collapse=collapse.short())
 
+    def compiling(self, mode: str) -> None:
+        """Before a compiled run's first step: what the wait is."""
+        self.bar.set_postfix_str(f"compiling the encoders (torch.compile mode {mode!r}; minutes on a CPU, "
+                                 "far less once inductor's cache holds them)")
+        self.bar.refresh()
+
+    def compiled(self, seconds: float) -> None:
+        self.bar.set_postfix_str("")
+        self.warn(f"compiled the encoders and ran the first step in {seconds:.0f} s (inductor's cache keeps the "
+                  "compiled code for the next run of this model)")
+
     def warn(self, line: str) -> None:
         """A one-line warning, above the bar (printed even without one)."""
         if self.enabled:

@@ -27,20 +27,14 @@ PRECISIONS = choices(PretrainConfig, "precision")
 BN_MODES = tuple(mode for mode in choices(PretrainConfig, "bn") if mode != "auto")  # "auto" is resolved before
 
 
-# A compiled CPU step is about 1.1x faster than eager (tiny preset, 2-core AMD EPYC) but compiling
-# takes 130-165 s there, so auto compiles on the CPU only for runs long enough to win it back
-# (benchmarks/RESULTS.md, "The pretraining step").
-CPU_COMPILE_MIN_STEPS = 2000
-
-
-def resolve_compile(mode: str, device: torch.device, steps: int | None = None) -> str | None:
-    """`auto`: the default inductor mode on CUDA (stable with the fused loss's custom op); on the
-    CPU the same for a run of at least CPU_COMPILE_MIN_STEPS `steps`, else eager."""
+def resolve_compile(mode: str, device: torch.device) -> str | None:
+    """`auto`: the default inductor mode on CUDA (stable with the fused loss's custom op); eager
+    on the CPU, where the compiled step is no faster in bf16 and 1.16x faster in fp32 but costs
+    2-3 minutes of compiling on 2 cores (18 s with inductor's cache warm; benchmarks/RESULTS.md)."""
     if mode not in COMPILE_MODES:
         raise ScdError(f"compile={mode!r}: choose one of {', '.join(COMPILE_MODES)}")
     if mode == "auto":
-        long_run = steps is not None and steps >= CPU_COMPILE_MIN_STEPS
-        return "default" if device.type == "cuda" or long_run else None
+        return "default" if device.type == "cuda" else None
     return None if mode == "off" else mode
 
 
@@ -67,8 +61,7 @@ def _keep_conv_layouts() -> None:
 class PretrainStep:
     def __init__(self, model: SCDNet, optimizer: torch.optim.Optimizer, device: torch.device,
                  compile_mode: str = "auto", precision: str = "auto", distributed: Distributed | None = None,
-                 bn_mode: str = "local", seed: int = 0, exclude_own_keys: bool = False, steps: int | None = None):
-        """`steps`: how many steps the run will take, for compile="auto" (resolve_compile)."""
+                 bn_mode: str = "local", seed: int = 0, exclude_own_keys: bool = False):
         if bn_mode not in BN_MODES:
             raise ScdError(f"bn={bn_mode!r}: choose one of {', '.join(BN_MODES)}")
         if bn_mode != "local" and distributed is None:
@@ -84,7 +77,8 @@ class PretrainStep:
             model.query_encoder, model.key_encoder = query, key
         if distributed is not None:
             query = DistributedDataParallel(query, device_ids=[device.index] if device.type == "cuda" else None)
-        mode = resolve_compile(compile_mode, device, steps)
+        mode = resolve_compile(compile_mode, device)
+        self.compiled = mode  # the torch.compile mode, or None (eager)
         if mode is not None:
             if device.type == "cpu":
                 _keep_conv_layouts()

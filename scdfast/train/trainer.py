@@ -177,8 +177,7 @@ class Trainer:
         self.optimizer = query_optimizer(self.model, config)
         bn = config.bn if config.bn != "auto" else ("shuffle" if self.distributed is not None else "local")
         self.run_step = PretrainStep(self.model, self.optimizer, device, config.compile, config.precision,
-                                     self.distributed, bn, seed=config.seed, exclude_own_keys=config.exclude_own_keys,
-                                     steps=self.total - (resume["step"] if resume else 0))
+                                     self.distributed, bn, seed=config.seed, exclude_own_keys=config.exclude_own_keys)
         self.keeper = CheckpointKeeper(os.path.join(run_dir, "checkpoints"), config.keep_last, enabled=self.main_process)
         self.losses, self.timer = LossMeter(device), PhaseTimer(device)
         self.step, self.best, self.carried_sum = 0, math.inf, None
@@ -210,7 +209,13 @@ class Trainer:
         order = epoch_order(self.config.seed, epoch, len(self.train))
         epoch_start, checkpoint_due = time.perf_counter(), False
         for b in range(first, self.steps_per_epoch):
+            warming_up = self.run_step.compiled is not None and self.step == self.first_step
+            if warming_up:
+                log.compiling(self.run_step.compiled)
+            began = time.perf_counter()
             self.losses.add(self.train_step(order[b * batch:(b + 1) * batch]))
+            if warming_up:
+                log.compiled(time.perf_counter() - began)
             log.step_done()
             end_of_epoch = b == self.steps_per_epoch - 1
             if self.distributed is not None and self.step % self.config.log_every == 0:
