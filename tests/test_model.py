@@ -1,6 +1,7 @@
 """SCD-Net's architecture: parameter counts, token layouts, outputs, queue mechanics."""
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from scdfast.config import SCDConfig
 from scdfast.errors import ScdError
@@ -204,3 +205,31 @@ def test_clues_are_fp32_unit_vectors_under_bf16_autocast():
     for z in clues:
         assert z.dtype == torch.float32
         torch.testing.assert_close(z.norm(dim=1), torch.ones(2))
+
+
+def test_the_key_encoders_attention_projects_with_one_gemm():
+    """The key encoder's weights need no grad. Fed batch-first, its attention's input projection
+    reached torch.matmul transposed, which under bf16 autocast then ran a batched GEMM against
+    the weight copied once per sequence position (44x slower at d 2048). Fed sequence-first,
+    no batched GEMM takes any of the transformers' weight matrices."""
+    model = SCDNet(SCDConfig.tiny(d_model=64, num_heads=4, queue_size=16))
+    encoder = model.key_encoder.encoder
+    weights = {tuple(p.shape[::-1]) for part in (encoder.t_encoder, encoder.s_encoder)
+               for p in part.parameters() if p.dim() == 2}
+    # only inside the transformers: CTR-GCN's 1x1 convolutions are batched GEMMs by design
+    operands, inside = [], []
+    for part in (encoder.t_encoder, encoder.s_encoder):
+        part.register_forward_pre_hook(lambda module, args: inside.append(module))
+        part.register_forward_hook(lambda module, args, out: inside.remove(module))
+
+    class BatchedGemms(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if inside and func in (torch.ops.aten.bmm.default, torch.ops.aten.baddbmm.default):
+                operands.extend(tuple(a.shape[1:]) for a in args if isinstance(a, torch.Tensor) and a.dim() == 3)
+            return func(*args, **(kwargs or {}))
+
+    x = torch.randn(2, 3, model.config.window, 25, 2)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16), BatchedGemms():
+        model.encode_keys(x)
+    assert operands, "the attention's score GEMMs were not seen"
+    assert not weights & set(operands), f"a weight matrix went into a batched GEMM: {weights & set(operands)}"

@@ -1,5 +1,5 @@
 """Crash safety of pretraining: SIGKILL mid-epoch then --resume gives the uninterrupted run's
-step losses, weights, metrics.csv and best.pt bitwise (CPU, fp32); SIGTERM stops at a step
+step losses, weights, metrics.csv and best.pt bitwise (CPU, the default precision); SIGTERM stops at a step
 boundary with a checkpoint; a non-finite loss and a full disk leave the last good checkpoint
 intact."""
 import csv
