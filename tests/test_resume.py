@@ -1,7 +1,7 @@
 """Crash safety of pretraining: SIGKILL mid-epoch then --resume gives the uninterrupted run's
-step losses, weights, metrics.csv and best.pt bitwise (CPU, the default precision); SIGTERM stops at a step
-boundary with a checkpoint; a non-finite loss and a full disk leave the last good checkpoint
-intact."""
+step losses, weights, metrics.csv and best.pt bitwise (CPU, the default precision); SIGTERM
+stops at a step boundary with a checkpoint; a non-finite loss and a full disk leave the last
+good checkpoint intact."""
 import csv
 import errno
 import os
