@@ -78,6 +78,15 @@ def _step(label: str, done: bool, budget: Budget, args: list[str]) -> bool:
     return True
 
 
+def _prepare_step(out: str, name: str, shared: str, budget: Budget) -> bool:
+    """Prepare dataset `name` (DATASETS) from the shared data into out/data/name."""
+    fmt, raw, extra = DATASETS[name]
+    data = os.path.join(out, "data", name)
+    extra = [os.path.join(shared, e) if e.endswith(".txt") else e for e in extra]
+    return _step(f"prepare {name}", os.path.isfile(os.path.join(data, "val_label.pkl")), budget,
+                 ["prepare", fmt, "--raw", os.path.join(shared, raw), "--out", data, "--no-progress", *extra])
+
+
 def _pretrain_step(out: str, name: str, data: str, common: list[str], budget: Budget, epochs: int | None,
                    sets: list[str]) -> bool:
     run = os.path.join(out, "pretrain", name)
@@ -216,12 +225,8 @@ def main(argv: list[str] | None = None) -> int:
     cache = ["--feature-cache", os.path.join(out, "feature-cache")]
     ok = True
     for name in names:
-        fmt, raw, extra = DATASETS[name]
         data = os.path.join(out, "data", name)
-        extra = [os.path.join(args.shared, e) if e.endswith(".txt") else e for e in extra]
-        ok = ok and _step(f"prepare {name}", os.path.isfile(os.path.join(data, "val_label.pkl")), budget,
-                          ["prepare", fmt, "--raw", os.path.join(args.shared, raw), "--out", data, "--no-progress",
-                           *extra])
+        ok = ok and _prepare_step(out, name, args.shared, budget)
         ok = ok and _pretrain_step(out, name, data, common, budget, args.pretrain_epochs, args.pretrain_set)
         checkpoint = os.path.join(out, "pretrain", name)
         for run_name, (command, options) in PROTOCOLS.items():

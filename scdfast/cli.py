@@ -1,4 +1,4 @@
-"""The `scdfast` command line: pretrain, the downstream protocols, report, diagnose, prepare.
+"""The `scdfast` command line: pretrain, the downstream protocols, report, diagnose, prepare, export.
 
 Only this module parses arguments; everything it calls takes config dataclasses. A user
 error (ScdError, a missing file) prints one line and exits with status 2.
@@ -66,6 +66,10 @@ def _protocol_common(parser: argparse.ArgumentParser, random_init: bool = True) 
     parser.add_argument("--num-classes", type=int,
                         help="the dataset's class count (default: max label + 1, which both splits must agree on; "
                              "give it for a subset whose splits miss the highest classes)")
+    parser.add_argument("--joint-map", metavar="MAP",
+                        help="place the data's joints into the encoder's layout: kinect20, sbu15 or coco17 (each into "
+                        "ntu25, e.g. an NTU-pretrained encoder on NW-UCLA), or a JSON file {\"from\", \"to\", "
+                        "\"joints\"}; see docs/data.md")
     parser.add_argument("--embedding", choices=("pca", "tsne"), default="pca",
                         help="the 2-D projection of test features in embedding-*.png (default pca)")
 
@@ -272,16 +276,42 @@ def build_parser() -> argparse.ArgumentParser:
                         "cross-validation over participant pairs; sbu15 layout, 2 bodies)",
                         "sAAsBB/<class>/<run>/skeleton_pos.txt")
     f.add_argument("--fold", type=int, default=1, help="the fold tested on, 1..5 (default 1); the others train")
+    f = _prepare_format(formats, "pyskl", "a pyskl / MMAction2 skeleton annotation pickle: NTU-25 3D (body "
+                        "selection and normalisation as prepare ntu) or COCO-17 2D keypoints with scores (x and y "
+                        "normalised by the image size, first two persons); read without running any code in it",
+                        None)
+    f.add_argument("--ann", required=True, metavar="FILE.pkl",
+                   help="the annotation file (e.g. ntu60_3danno.pkl, ntu60_hrnet.pkl, k400_hrnet.pkl)")
+    f.add_argument("--split", default="xsub", help="which of the file's splits: NAME takes NAME_train and NAME_val "
+                   "(xsub, xview, xset), or TRAIN,TEST names both (e.g. train,val); default xsub")
+    f.add_argument("--normalise", choices=("ntu", "none"), default="ntu",
+                   help="3D only: ntu (default) selects and normalises bodies as prepare ntu; none stores the "
+                   "keypoints as given (first two persons), so that export gives them back")
+
+    p = commands.add_parser("export", help="write a dataset directory in another toolbox's format",
+                            description="Write a dataset directory as another toolbox reads it.")
+    formats = p.add_subparsers(dest="format", required=True, metavar="FORMAT")
+    f = formats.add_parser("pyskl", help="a pyskl / MMAction2 annotation pickle (split and annotations)",
+                           description="Write a dataset directory as a pyskl / MMAction2 annotation pickle: "
+                                       "each sample's frames and persons, labels, frame counts and the two "
+                                       "splits; 2D datasets in pixels with keypoint_score and img_shape.")
+    f.add_argument("--data", required=True, help="the dataset directory")
+    f.add_argument("--out", required=True, metavar="FILE.pkl", help="the annotation file to write (a new file)")
+    f.add_argument("--split", default="xsub", help="the names of the two splits in the file: NAME gives NAME_train "
+                   "and NAME_val, TRAIN,TEST names both; default xsub")
+    f.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+    f.add_argument("--no-progress", action="store_true", help="no progress bars (for logs)")
     return parser
 
 
-def _prepare_format(formats, name: str, help_text: str, files: str) -> argparse.ArgumentParser:
+def _prepare_format(formats, name: str, help_text: str, files: str | None) -> argparse.ArgumentParser:
     """A `scdfast prepare NAME` parser with the options every importer takes."""
     f = formats.add_parser(name, help=help_text, description=help_text)
-    f.add_argument("--raw", required=True, help=f"the folder of {files} files")
+    if files is not None:
+        f.add_argument("--raw", required=True, help=f"the folder of {files} files")
     f.add_argument("--out", required=True, help="the dataset directory to write: a new or empty folder, or an earlier "
                    "output of scdfast prepare, which is replaced when the new one is complete; never a folder "
-                   "that is, holds or lies inside --raw")
+                   "that is, holds or lies inside the source")
     f.add_argument("--skip-bad", action="store_true",
                    help="skip unreadable or malformed files, listing each and why in OUT/skipped.txt")
     f.add_argument("--no-progress", action="store_true", help="no progress bars (for logs)")
@@ -382,12 +412,17 @@ def _run_protocol(args: argparse.Namespace) -> None:
     schedule_config = options.get("linear") or options.get("finetune")
     seed = schedule_config.seed if schedule_config is not None else (args.seed or 0)
     device = resolve_device(args.device)
+    joint_map = None
+    if args.joint_map is not None:  # a bad map is refused before the run directory is made
+        from scdfast.data.joint_maps import get_joint_map
+        joint_map = get_joint_map(args.joint_map)
     with RunDir(args.run_dir, command, overwrite=args.overwrite) as run_dir:
         run_protocol(ProtocolRequest(
             protocol=command, data=_data_source(args.data), run_dir=run_dir, device=device, preset=args.preset,
             checkpoints=tuple(args.checkpoint or ()), random_init=getattr(args, "random_init", False),
             random_baseline=args.random_baseline, streams=args.streams, seed=seed, embedding=args.embedding,
-            figures=not args.no_figures, num_classes=args.num_classes, progress=not args.no_progress, **options))
+            figures=not args.no_figures, num_classes=args.num_classes, progress=not args.no_progress,
+            joint_map=joint_map, **options))
 
 
 def _json_signature(command: str) -> str:
@@ -422,11 +457,15 @@ def _run_prepare(args: argparse.Namespace) -> None:
         prepare_sbu,
         prepare_ucla,
         prepare_utd,
+        pyskl,
     )
 
     from scdfast.data.writer import check_output_dir
 
-    sources = {"--raw": args.raw, **({"--labels": args.labels} if args.format == "pku" else {})}
+    if args.format == "pyskl":
+        sources = {"--ann": args.ann}
+    else:
+        sources = {"--raw": args.raw, **({"--labels": args.labels} if args.format == "pku" else {})}
     check_output_dir(args.out, sources)  # before any file is read
     common = {"skip_bad": args.skip_bad, "progress": not args.no_progress}
     importers = {
@@ -437,10 +476,20 @@ def _run_prepare(args: argparse.Namespace) -> None:
         "msr3d": lambda: prepare_msr3d.prepare_msr3d(args.raw, args.out, files=args.files, **common),
         "utd-mhad": lambda: prepare_utd.prepare_utd(args.raw, args.out, **common),
         "sbu": lambda: prepare_sbu.prepare_sbu(args.raw, args.out, fold=args.fold, **common),
+        "pyskl": lambda: pyskl.prepare_pyskl(args.ann, args.out, split=args.split,
+                                             normalise_ntu=args.normalise == "ntu", **common),
     }
     counts = importers[args.format]()
     print(f"wrote {args.out}: {counts['train']} training and {counts['val']} test sequences of up to "
           f"{counts['frames']} frames" + (f"; skipped {counts['skipped']} (see skipped.txt)" if counts["skipped"] else ""))
+
+
+def _run_export(args: argparse.Namespace) -> None:
+    from scdfast.data.pyskl import export_pyskl
+
+    counts = export_pyskl(args.data, args.out, split=args.split, overwrite=args.overwrite,
+                          progress=not args.no_progress)
+    print(f"wrote {args.out}: {counts['train']} training and {counts['val']} test samples ({counts['layout']})")
 
 
 def _run_diagnose(args: argparse.Namespace) -> None:
@@ -483,6 +532,8 @@ def main(argv: list[str] | None = None) -> int:
             _run_pretrain(args)
         elif args.command == "prepare":
             _run_prepare(args)
+        elif args.command == "export":
+            _run_export(args)
         elif args.command == "report":
             _run_report(args)
         elif args.command == "diagnose":

@@ -227,8 +227,8 @@ def test_bad_input_is_refused_before_launch(rng, change, message):
         BatchAugmenter(32, backend="cpu")(*change(x, nf, index), step=0)
 
 
-@pytest.mark.parametrize("layout", ["kinect20", "sbu15"])
-@pytest.mark.parametrize("representation", ["joint", "bone"])
+@pytest.mark.parametrize("layout", ["kinect20", "sbu15", "coco17"])
+@pytest.mark.parametrize("representation", ["joint", "bone", "motion"])
 def test_other_layouts_equal_reference(rng, layout, representation):
     from scdfast.data.layouts import get_layout
     skeleton = get_layout(layout)
@@ -244,3 +244,34 @@ def test_other_layouts_equal_reference(rng, layout, representation):
     plan = BatchAugmenter(32, backend="cpu", layout=layout).plan(nf, np.arange(5), step=0)
     masked = plan.joint_mask.numpy().sum(axis=1)
     assert set(masked.tolist()) <= {0, skeleton.masked_joints}  # 6 of 20, 5 of 15
+
+
+@pytest.mark.parametrize("representation", ["joint", "bone", "motion"])
+def test_planar_views_turn_the_image_plane_and_keep_the_score(rng, representation):
+    """coco17 (x, y, score): the kernels' own plans rotate and shear x and y only, and every
+    stream's third channel is the joint's score, resized, flipped and masked like the rest."""
+    from scdfast.augment import reference as ref
+    from scdfast.data.layouts import COCO17
+    x = rng.normal(size=(6, 3, 70, 17, 2)).astype(np.float32)
+    x[:, 2] = rng.uniform(0.0, 1.0, size=(6, 70, 17, 2))
+    nf = rng.integers(16, 71, size=6)
+    index = np.concatenate([np.arange(6), np.arange(6)])
+    augmenter = BatchAugmenter(32, representation=representation, probability=1.0, backend="cpu",
+                               seed=int(rng.integers(1 << 30)), layout="coco17")
+    plan = augmenter.plan(nf, index, step=0)
+    matrix = plan.matrix.numpy().reshape(-1, 3, 3)
+    np.testing.assert_array_equal(matrix[:, 2], np.tile([0.0, 0.0, 1.0], (12, 1)))
+    np.testing.assert_array_equal(matrix[:, :, 2], np.tile([0.0, 0.0, 1.0], (12, 1)))
+    top = matrix[:, :2, :2]
+    assert np.abs(top - np.eye(2)).max() > 0.1  # something in the plane did turn or shear
+    views = augmenter.render(x, index, plan).numpy()
+    for i, n in enumerate(index):
+        score = ref.resize_frames(x[n], int(plan.start[i]), int(plan.length[i]), 32)[2]
+        if plan.flip[i]:
+            score = score[:, COCO17.flip_permutation]
+        score[:, plan.joint_mask[i].numpy().astype(bool)] = 0
+        for s in np.flatnonzero(plan.segment_mask[i].numpy()):
+            score[2 * s:2 * s + 2] = 0
+        if representation == "motion":
+            score[-1] = 0
+        np.testing.assert_allclose(views[i, 2], score, **TOLERANCE)

@@ -17,18 +17,19 @@ RAW = SHARED_DATA / "ntu_rgbd_samples" / "skeleton"
 pytestmark = pytest.mark.skipif(not RAW.is_dir(), reason=f"the NTU sample files are not at {RAW}")
 
 
-def _read_slowly(path):
-    """Line by line, a dict per joint, as the format description reads."""
+def _read_slowly(path, values: int = 3):
+    """Line by line, as the format description reads: (4, T, 25, values), the first `values`
+    of each joint line (3: x y z; 12: every value, tracking state last)."""
     lines = iter(path.read_text().splitlines())
     frames = int(next(lines))
-    data = np.zeros((4, frames, 25, 3))
+    data = np.zeros((4, frames, 25, values))
     for t in range(frames):
         for m in range(int(next(lines))):
             next(lines)
             for j in range(int(next(lines))):
-                values = [float(v) for v in next(lines).split()]
+                line = [float(v) for v in next(lines).split()]
                 if m < 4:
-                    data[m, t, j] = values[:3]
+                    data[m, t, j] = line[:values]
     return data
 
 

@@ -179,7 +179,7 @@ def test_a_pretrained_encoders_new_classifier_is_drawn_from_the_seed(dataset, tm
     def classifier(seed, draws):
         torch.rand(draws)  # whatever ran before must not matter
         [make] = _sources(_request("finetune", dataset, tmp_path, random_init=False, checkpoints=(str(path),),
-                                   seed=seed), train, 3)
+                                   seed=seed), {"train": train}, 3)
         return make().model.fc.weight.detach().clone()
     torch.testing.assert_close(classifier(0, 1), classifier(0, 1000), rtol=0, atol=0)
     assert not torch.equal(classifier(0, 1), classifier(1, 1))

@@ -19,6 +19,8 @@ from scdfast.augment.counter_rng import batch_key
 from scdfast.augment.reference import (
     ViewDraws,
     masked_joints,
+    planar_degrees,
+    planar_shear,
     rotation_matrix,
     shear_matrix,
 )
@@ -65,18 +67,22 @@ def plan_from_draws(draws: ViewDraws, layout: SkeletonLayout = NTU25) -> ViewPla
     matrix = np.tile(np.eye(3), (views, 1, 1))
     joint_mask = np.zeros((views, num_joints), np.uint8)
     segment_mask = np.zeros((views, fused.TEMPORAL_SEGMENTS), np.uint8)
+    degrees, shear = draws.rotate_degrees.copy(), draws.shear_values.copy()
+    if layout.planar:
+        degrees = np.stack([planar_degrees(d, int(a)) for d, a in zip(degrees, draws.rotate_axis)])
+        shear = np.stack([planar_shear(s) for s in shear])
     for i in range(views):
         if draws.rotate[i]:
             for axis in range(3):
-                matrix[i] = rotation_matrix(axis, float(draws.rotate_degrees[i, axis])) @ matrix[i]
+                matrix[i] = rotation_matrix(axis, float(degrees[i, axis])) @ matrix[i]
         if draws.shear[i]:
-            matrix[i] = shear_matrix(draws.shear_values[i]) @ matrix[i]
+            matrix[i] = shear_matrix(shear[i]) @ matrix[i]
         if draws.spatial_mask[i]:
             joint_mask[i, masked_joints(draws.mask_seeds[i], layout)] = 1
         if draws.temporal_mask[i]:
             segment_mask[i, draws.masked_segments[i]] = 1
-    degrees = np.where(draws.rotate[:, None], draws.rotate_degrees, 0.0)
-    shear = np.where(draws.shear[:, None], draws.shear_values, 0.0)
+    degrees = np.where(draws.rotate[:, None], degrees, 0.0)
+    shear = np.where(draws.shear[:, None], shear, 0.0)
     return ViewPlan(start=draws.crop_start.astype(np.int32), length=draws.crop_length.astype(np.int32),
                     degrees=degrees.astype(np.float32), shear=shear.astype(np.float32),
                     matrix=matrix.reshape(views, 9).astype(np.float32), flip=draws.flip.astype(np.uint8),
@@ -186,7 +192,7 @@ class BatchAugmenter:
             raise ScdError(f"augment: view_ids has shape {tuple(view_ids.shape)}, expected ({views},)")
         self._launch(fused.plan_cuda, fused.plan_cpu, views, device,
                      (batch_key(self.seed, step), num_frames, index, view_ids, self.window, *self.crop_ratio,
-                      self.probability, scores, self.layout.masked_joints, *out.arrays()))
+                      self.probability, scores, self.layout.masked_joints, int(self.layout.planar), *out.arrays()))
         return out
 
     def render(self, data, index, plan: ViewPlan) -> torch.Tensor:
@@ -197,7 +203,7 @@ class BatchAugmenter:
         perm, parent, _ = self._constants(device)
         self._launch(fused.render_cuda, fused.render_cpu, out[:, 0].numel(), device,
                      (data, index, plan.start, plan.length, plan.matrix, plan.flip, plan.joint_mask,
-                      plan.segment_mask, perm, parent, self.representation, out))
+                      plan.segment_mask, perm, parent, self.representation, int(self.layout.planar), out))
         return out
 
     def __call__(self, data, num_frames, index, step: int, validate: bool = True, view_ids=None) -> torch.Tensor:

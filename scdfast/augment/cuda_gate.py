@@ -46,10 +46,10 @@ def _signatures():
     def arr(dtype, ndim):
         return T.Array(dtype, ndim, "C")
     plan = (T.uint64, arr(T.int32, 1), arr(T.int64, 1), arr(T.int64, 1), T.int64, T.float64, T.float64, T.float64,
-            arr(T.float64, 2), T.int64, arr(T.int32, 1), arr(T.int32, 1), arr(T.float32, 2), arr(T.float32, 2),
+            arr(T.float64, 2), T.int64, T.int64, arr(T.int32, 1), arr(T.int32, 1), arr(T.float32, 2), arr(T.float32, 2),
             arr(T.float32, 2), arr(T.uint8, 1), arr(T.int32, 2), arr(T.uint8, 2), arr(T.uint8, 2))
     render = (arr(T.float32, 5), arr(T.int64, 1), arr(T.int32, 1), arr(T.int32, 1), arr(T.float32, 2),
-              arr(T.uint8, 1), arr(T.uint8, 2), arr(T.uint8, 2), arr(T.int32, 1), arr(T.int32, 1), T.int64,
+              arr(T.uint8, 1), arr(T.uint8, 2), arr(T.uint8, 2), arr(T.int32, 1), arr(T.int32, 1), T.int64, T.int64,
               arr(T.float32, 5))
     return {"plan": plan, "render": render}
 

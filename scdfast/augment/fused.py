@@ -57,7 +57,7 @@ def _build(device_jit, kernel_jit, parallel_range, on_gpu):
             mat[b, 3 * j + k] = -s * ri + c * rj
 
     @device_jit
-    def plan_one(key, b, vid, nf, window, ratio_lo, ratio_hi, probability, scores, num_masked,
+    def plan_one(key, b, vid, nf, window, ratio_lo, ratio_hi, probability, scores, num_masked, planar,
                  start, length, degrees, shear, matrix, flip, seeds, joint_mask, segment_mask):
         # temporal crop: L = min(max(floor(nf * r), window), nf), start ~ U{0 .. nf - L}
         r = ratio_lo + (ratio_hi - ratio_lo) * uniform(key, vid, SLOT_RATIO)
@@ -72,11 +72,17 @@ def _build(device_jit, kernel_jit, parallel_range, on_gpu):
         for k in range(6):
             shear[b, k] = 0.0
         if uniform(key, vid, SLOT_ROTATE) < probability:
-            # one main axis gets U[0, 30] degrees, the other two U[0, 1]; about x, then y, then z
+            # one main axis gets U[0, 30] degrees, the other two U[0, 1]; about x, then y, then z.
+            # Planar: the main axis's angle turns the image plane (about z), nothing else.
             main = min(int(uniform(key, vid, SLOT_AXIS) * 3.0), 2)
             for axis in range(3):
                 top = 30.0 if axis == main else 1.0
                 degrees[b, axis] = top * uniform(key, vid, SLOT_DEGREES + axis)
+            if planar != 0:
+                degrees[b, 2] = degrees[b, main]
+                degrees[b, 0] = 0.0
+                degrees[b, 1] = 0.0
+            for axis in range(3):
                 angle = math.pi / 180.0 * degrees[b, axis]
                 c = math.cos(angle)
                 s = math.sin(angle)
@@ -91,6 +97,8 @@ def _build(device_jit, kernel_jit, parallel_range, on_gpu):
             # ones on the diagonal, the six off-diagonals U[-1, 1] in row-major order
             for k in range(6):
                 shear[b, k] = 2.0 * uniform(key, vid, SLOT_SHEAR_VALUES + k) - 1.0
+                if planar != 0 and k != 0 and k != 2:  # planar: only x by y and y by x
+                    shear[b, k] = 0.0
             s01 = shear[b, 0]
             s02 = shear[b, 1]
             s10 = shear[b, 2]
@@ -139,7 +147,7 @@ def _build(device_jit, kernel_jit, parallel_range, on_gpu):
 
     @device_jit
     def render_span(x, index, start, length, matrix, flip, joint_mask, segment_mask, perm, parent,
-                    representation, b, t, v_lo, v_hi, m_lo, m_hi, out):
+                    representation, planar, b, t, v_lo, v_hi, m_lo, m_hi, out):
         # Output frame t of view b for joints [v_lo, v_hi) and bodies [m_lo, m_hi): the CPU
         # renders a whole frame per call (per-frame work hoisted), a GPU thread one point.
         window = out.shape[2]
@@ -181,48 +189,51 @@ def _build(device_jit, kernel_jit, parallel_range, on_gpu):
                 a0 = lerp(x, n, 0, f0, f1, w, u, m)
                 a1 = lerp(x, n, 1, f0, f1, w, u, m)
                 a2 = lerp(x, n, 2, f0, f1, w, u, m)
+                # planar: channel 2 is the score, which the streams carry as the joint's own
                 if representation == MOTION:
                     a0 = lerp(x, n, 0, g0, g1, w_next, u, m) - a0
                     a1 = lerp(x, n, 1, g0, g1, w_next, u, m) - a1
-                    a2 = lerp(x, n, 2, g0, g1, w_next, u, m) - a2
+                    if planar == 0:
+                        a2 = lerp(x, n, 2, g0, g1, w_next, u, m) - a2
                 elif representation == BONE:
                     a0 -= lerp(x, n, 0, f0, f1, w, p, m)
                     a1 -= lerp(x, n, 1, f0, f1, w, p, m)
-                    a2 -= lerp(x, n, 2, f0, f1, w, p, m)
+                    if planar == 0:
+                        a2 -= lerp(x, n, 2, f0, f1, w, p, m)
                 out[b, 0, t, v, m] = m00 * a0 + m01 * a1 + m02 * a2
                 out[b, 1, t, v, m] = m10 * a0 + m11 * a1 + m12 * a2
                 out[b, 2, t, v, m] = m20 * a0 + m21 * a1 + m22 * a2
 
     if not on_gpu:
         @kernel_jit
-        def plan(key, num_frames, index, view_ids, window, ratio_lo, ratio_hi, probability, scores, num_masked,
+        def plan(key, num_frames, index, view_ids, window, ratio_lo, ratio_hi, probability, scores, num_masked, planar,
                  start, length, degrees, shear, matrix, flip, seeds, joint_mask, segment_mask):
             for b in parallel_range(index.shape[0]):
                 plan_one(key, b, view_ids[b], num_frames[index[b]], window, ratio_lo, ratio_hi, probability, scores,
-                         num_masked, start, length, degrees, shear, matrix, flip, seeds, joint_mask,
+                         num_masked, planar, start, length, degrees, shear, matrix, flip, seeds, joint_mask,
                          segment_mask)
 
         @kernel_jit
         def render(x, index, start, length, matrix, flip, joint_mask, segment_mask, perm, parent,
-                   representation, out):
+                   representation, planar, out):
             views, _, window, num_joints, bodies = out.shape
             for job in parallel_range(views * window):
                 b = job // window
                 render_span(x, index, start, length, matrix, flip, joint_mask, segment_mask, perm, parent,
-                            representation, b, job - b * window, 0, num_joints, 0, bodies, out)
+                            representation, planar, b, job - b * window, 0, num_joints, 0, bodies, out)
     else:
         @kernel_jit
-        def plan(key, num_frames, index, view_ids, window, ratio_lo, ratio_hi, probability, scores, num_masked,
+        def plan(key, num_frames, index, view_ids, window, ratio_lo, ratio_hi, probability, scores, num_masked, planar,
                  start, length, degrees, shear, matrix, flip, seeds, joint_mask, segment_mask):
             b = cuda.grid(1)
             if b < index.shape[0]:
                 plan_one(key, b, view_ids[b], num_frames[index[b]], window, ratio_lo, ratio_hi, probability, scores,
-                         num_masked, start, length, degrees, shear, matrix, flip, seeds, joint_mask,
+                         num_masked, planar, start, length, degrees, shear, matrix, flip, seeds, joint_mask,
                          segment_mask)
 
         @kernel_jit
         def render(x, index, start, length, matrix, flip, joint_mask, segment_mask, perm, parent,
-                   representation, out):
+                   representation, planar, out):
             views, _, window, num_joints, bodies = out.shape
             i = cuda.grid(1)
             if i < views * window * num_joints * bodies:
@@ -234,7 +245,7 @@ def _build(device_jit, kernel_jit, parallel_range, on_gpu):
                 t = rest % window
                 b = rest // window
                 render_span(x, index, start, length, matrix, flip, joint_mask, segment_mask, perm, parent,
-                            representation, b, t, v, v + 1, m, m + 1, out)
+                            representation, planar, b, t, v, v + 1, m, m + 1, out)
 
     return plan, render
 

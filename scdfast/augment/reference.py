@@ -4,6 +4,10 @@ Randomness is separated from the transforms: `draw_views` makes every random num
 batch of views consumes (a `ViewDraws` of arrays with a leading view axis), and
 `make_views` applies them. Faster implementations take the same draws and must give the
 same views. A sample is (C, T, V, M); a batch (N, C, T, V, M).
+
+A planar layout's samples are (x, y, score): the rotation turns the image plane by the main
+axis's angle, the shear keeps its two in-plane terms, and the score channel is the joint's
+own score in every stream (motion and bone difference the coordinates only).
 """
 from __future__ import annotations
 
@@ -46,23 +50,28 @@ def resize_frames(x: np.ndarray, start: int, length: int, window: int) -> np.nda
     return (1.0 - w) * x[:, start + i0] + w * x[:, start + i1]
 
 
-def to_motion(x: np.ndarray) -> np.ndarray:
-    """motion[t] = x[t+1] - x[t]; the last frame is zero."""
+def to_motion(x: np.ndarray, planar: bool = False) -> np.ndarray:
+    """motion[t] = x[t+1] - x[t]; the last frame is zero. Planar: channel 2 keeps the score."""
     out = np.zeros_like(x)
     out[:, :-1] = x[:, 1:] - x[:, :-1]
+    if planar:
+        out[2, :-1] = x[2, :-1]
     return out
 
 
 def to_bone(x: np.ndarray, layout: SkeletonLayout = NTU25) -> np.ndarray:
-    """bone[v] = x[v] - x[parent(v)]; the root's bone is zero."""
-    return x - x[:, :, layout.bone_parent]
+    """bone[v] = x[v] - x[parent(v)]; the root's bone is zero. Planar: channel 2 keeps the score."""
+    out = x - x[:, :, layout.bone_parent]
+    if layout.planar:
+        out[2] = x[2]
+    return out
 
 
 def to_representation(x: np.ndarray, representation: str, layout: SkeletonLayout = NTU25) -> np.ndarray:
     if representation == "joint":
         return x
     if representation == "motion":
-        return to_motion(x)
+        return to_motion(x, layout.planar)
     if representation == "bone":
         return to_bone(x, layout)
     raise ValueError(f"representation {representation!r}: use joint, motion or bone")
@@ -96,6 +105,16 @@ def shear_matrix(values: np.ndarray) -> np.ndarray:
     m = np.eye(3)
     m[0, 1], m[0, 2], m[1, 0], m[1, 2], m[2, 0], m[2, 1] = values
     return m
+
+
+def planar_degrees(degrees: np.ndarray, main_axis: int) -> np.ndarray:
+    """A planar layout's rotation: the main axis's angle, about the image normal (z)."""
+    return np.array([0.0, 0.0, degrees[main_axis]])
+
+
+def planar_shear(values: np.ndarray) -> np.ndarray:
+    """A planar layout's shear: the in-plane terms (x by y, y by x); the score is not sheared."""
+    return np.array([values[0], 0.0, values[2], 0.0, 0.0, 0.0])
 
 
 def flip(x: np.ndarray, layout: SkeletonLayout = NTU25) -> np.ndarray:
@@ -141,6 +160,7 @@ class ViewDraws:
     crop_start: np.ndarray        # (B,) int: start in [0, num_frames - L]
     rotate: np.ndarray            # (B,) bool
     rotate_degrees: np.ndarray    # (B, 3): angles about x, y, z
+    rotate_axis: np.ndarray       # (B,) int: the main axis, whose angle is U[0, 30]
     flip: np.ndarray              # (B,) bool
     shear: np.ndarray             # (B,) bool
     shear_values: np.ndarray      # (B, 6): off-diagonals, row-major
@@ -165,7 +185,7 @@ def draw_views(rng: np.random.Generator, num_frames: np.ndarray, window: int,
     segments = np.argsort(rng.random((b, TEMPORAL_SEGMENTS)), axis=1)[:, :MASKED_SEGMENTS]
     return ViewDraws(
         crop_length=length, crop_start=start,
-        rotate=rng.random(b) < probability, rotate_degrees=degrees,
+        rotate=rng.random(b) < probability, rotate_degrees=degrees, rotate_axis=main_axis,
         flip=rng.random(b) < probability,
         shear=rng.random(b) < probability, shear_values=rng.uniform(-1.0, 1.0, size=(b, 6)),
         spatial_mask=rng.random(b) < probability,
@@ -181,11 +201,13 @@ def make_view(x: np.ndarray, draws: ViewDraws, i: int, window: int, representati
     v = resize_frames(x, int(draws.crop_start[i]), int(draws.crop_length[i]), window)
     v = to_representation(v, representation, layout)
     if draws.rotate[i]:
-        v = rotate(v, draws.rotate_degrees[i])
+        degrees = draws.rotate_degrees[i]
+        v = rotate(v, planar_degrees(degrees, int(draws.rotate_axis[i])) if layout.planar else degrees)
     if draws.flip[i]:
         v = flip(v, layout)
     if draws.shear[i]:
-        v = apply_linear(v, shear_matrix(draws.shear_values[i]))
+        values = draws.shear_values[i]
+        v = apply_linear(v, shear_matrix(planar_shear(values) if layout.planar else values))
     if draws.spatial_mask[i]:
         v = spatial_mask(v, draws.mask_seeds[i], layout)
     if draws.temporal_mask[i]:

@@ -4,14 +4,18 @@ A layout gives everything the model and the augmentations need from a skeleton: 
 count, the bone edges (child, parent), the left/right permutation a flip applies, the centre
 joint and two joint pairs that align a body. Built in: `ntu25` (NTU RGB+D, Kinect v2, exactly
 SCDNET.md's graph), `kinect20` (Kinect v1 SDK order, as NW-UCLA ships it; MSR Action3D and
-UTD-MHAD are reordered into it) and `sbu15` (SBU Kinect Interaction). A custom layout is a
-JSON file with the same fields (0-based indices), e.g.
+UTD-MHAD are reordered into it), `sbu15` (SBU Kinect Interaction) and `coco17` (the COCO
+keypoints of 2D pose estimators such as HRNet, as pyskl publishes them). A layout is `planar`
+when its samples are 2D: the three channels are then x, y and the keypoint's confidence score,
+which rotation and shear leave alone (they act in the image plane) and the bone and motion
+streams carry as the joint's own score. A custom layout is a JSON file with the same fields
+(0-based indices; `planar` may be left out, meaning 3D), e.g.
 
     {"name": "hand5", "num_joints": 5, "edges": [[1, 0], [2, 1], [3, 0], [4, 0]],
      "flip": [0, 1, 2, 4, 3], "center": 0, "align_vertical": [0, 1], "align_horizontal": [3, 4]}
 
 The spatial mask zeroes `masked_joints` joints: 8 of 25 in the paper, scaled with the joint
-count elsewhere (round(8 V / 25): 6 of 20 for kinect20, 5 of 15 for sbu15).
+count elsewhere (round(8 V / 25): 6 of 20 for kinect20, 5 of 15 for sbu15, 5 of 17 for coco17).
 """
 from __future__ import annotations
 
@@ -39,6 +43,8 @@ class SkeletonLayout:
     """A joint pair whose bone is turned parallel to +z when a dataset is normalised."""
     align_horizontal: tuple[int, int]
     """A joint pair (right, left shoulder) whose bone is turned parallel to +x."""
+    planar: bool = False
+    """2D keypoints: channels (x, y, score) instead of (x, y, z)."""
 
     def __post_init__(self) -> None:
         v = self.num_joints
@@ -87,8 +93,8 @@ class SkeletonLayout:
 
     @classmethod
     def from_dict(cls, values: dict, source: str = "layout") -> SkeletonLayout:
-        fields = ("name", "num_joints", "edges", "flip", "center", "align_vertical", "align_horizontal")
-        missing = [f for f in fields if f not in values]
+        fields = ("name", "num_joints", "edges", "flip", "center", "align_vertical", "align_horizontal", "planar")
+        missing = [f for f in fields[:-1] if f not in values]
         if missing:
             raise ScdError(f"{source}: missing field(s) {', '.join(missing)}")
         unknown = sorted(map(str, set(values) - set(fields)))
@@ -102,6 +108,9 @@ class SkeletonLayout:
                 raise ScdError(f"{source}: {field}={value!r}: expected {shape} (integers from 0)")
             return tuple(value)
 
+        planar = values.get("planar", False)
+        if not isinstance(planar, bool):
+            raise ScdError(f"{source}: planar={planar!r}: expected true (2D keypoints with scores) or false (3D)")
         for field in ("num_joints", "center"):
             if not isinstance(values[field], int) or isinstance(values[field], bool):
                 raise ScdError(f"{source}: {field}={values[field]!r}: expected an integer")
@@ -112,7 +121,8 @@ class SkeletonLayout:
         align = [indices(f, values[f], 2) for f in ("align_vertical", "align_horizontal")]
         try:
             return cls(name=str(values["name"]), num_joints=values["num_joints"], edges=edges, flip=flip,
-                       center=values["center"], align_vertical=align[0], align_horizontal=align[1])
+                       center=values["center"], align_vertical=align[0], align_horizontal=align[1],
+                       planar=planar)
         except ScdError as exc:
             raise ScdError(f"{source}: {exc}" if source != "layout" else str(exc)) from None
 
@@ -148,7 +158,17 @@ SBU15 = SkeletonLayout(
     flip=(0, 1, 2, 6, 7, 8, 3, 4, 5, 12, 13, 14, 9, 10, 11),
     center=2, align_vertical=(2, 1), align_horizontal=(6, 3))
 
-BUILT_IN = {layout.name: layout for layout in (NTU25, KINECT20, SBU15)}
+# COCO-17 keypoints, 2D: 0 nose, 1-2 left/right eye, 3-4 left/right ear, 5-6 shoulders,
+# 7-8 elbows, 9-10 wrists, 11-12 hips, 13-14 knees, 15-16 ankles (left first). A tree rooted at
+# the nose, as the graphs of 2D skeleton models draw it (pyskl's `coco`).
+COCO17 = SkeletonLayout(
+    name="coco17", num_joints=17,
+    edges=((1, 0), (2, 0), (3, 1), (4, 2), (5, 0), (6, 0), (7, 5), (8, 6), (9, 7), (10, 8), (11, 5), (12, 6),
+           (13, 11), (14, 12), (15, 13), (16, 14)),
+    flip=(0, 2, 1, 4, 3, 6, 5, 8, 7, 10, 9, 12, 11, 14, 13, 16, 15),
+    center=0, align_vertical=(11, 5), align_horizontal=(6, 5), planar=True)
+
+BUILT_IN = {layout.name: layout for layout in (NTU25, KINECT20, SBU15, COCO17)}
 
 
 def get_layout(spec: str | dict | SkeletonLayout) -> SkeletonLayout:

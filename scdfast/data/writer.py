@@ -34,7 +34,8 @@ REPLACED = ".replaced"              # an earlier output, moved aside for the mom
 SKIPPED = "skipped.txt"              # the files --skip-bad left out, and why
 # Every file prepare writes (the marker besides): the only names a marker may list.
 DATASET_FILES = frozenset({f"{split}_{kind}" for split in ("train", "val")
-                           for kind in ("data_joint.npy", "label.pkl", "num_frame.npy")} | {LAYOUT_FILE, SKIPPED})
+                           for kind in ("data_joint.npy", "label.pkl", "num_frame.npy", "img_shape.npy")}
+                          | {LAYOUT_FILE, SKIPPED})
 
 
 def _inside(path: str, folder: str) -> bool:
@@ -194,6 +195,12 @@ class DatasetWriter:
         with open(os.path.join(self.tmp, f"{name}_label.pkl"), "wb") as f:
             pickle.dump((list(sample_names), [int(y) for y in labels]), f)
         np.save(os.path.join(self.tmp, f"{name}_num_frame.npy"), np.asarray(num_frames, dtype=np.int64))
+
+    def save_array(self, name: str, array: np.ndarray) -> None:
+        """A small per-sample array beside the data (e.g. `train_img_shape.npy`)."""
+        if name not in DATASET_FILES or not name.endswith(".npy"):
+            raise ValueError(f"{name!r} is not one of the dataset's .npy files (DATASET_FILES)")
+        np.save(os.path.join(self.tmp, name), array, allow_pickle=False)
 
     def write_text(self, name: str, text: str) -> None:
         if name not in DATASET_FILES:

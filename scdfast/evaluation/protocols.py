@@ -13,6 +13,8 @@ import torch
 from scdfast.config import MAX_SEED, FinetuneConfig, LinearConfig, SCDConfig, preset, to_dict
 from scdfast.data import load_dataset
 from scdfast.data.dataset import layout_spec, model_shape, num_classes
+from scdfast.data.joint_maps import JointMap, get_joint_map
+from scdfast.data.synthetic import SkeletonSet
 from scdfast.errors import ScdError
 from scdfast.evaluation.encoders import (
     EncoderSource,
@@ -56,6 +58,7 @@ class ProtocolRequest:
     figures: bool = True
     precision: str = "auto"
     num_classes: int | None = None             # None: max label + 1, the same in both splits
+    joint_map: str | JointMap | None = None    # places the data's joints into the encoder's layout
     progress: bool = True
     log: object = field(default=print)
 
@@ -75,6 +78,8 @@ def _check_request(r: ProtocolRequest) -> None:
             raise ScdError(f"--streams {','.join(r.streams)}: a stream is named twice")
         if r.checkpoints and len(r.streams) != len(r.checkpoints):
             raise ScdError(f"--streams names {len(r.streams)} streams for {len(r.checkpoints)} checkpoints")
+    if r.joint_map is not None and r.random_init:
+        raise ScdError("--joint-map places the data into a pretrained encoder's layout: give --checkpoint")
     if r.protocol == "semi" and r.label_fraction is None:
         raise ScdError("semi needs --labels (e.g. 10%)")
     if r.protocol in ("semi", "finetune") and r.finetune is None:
@@ -85,10 +90,18 @@ def _check_request(r: ProtocolRequest) -> None:
         raise ScdError(f"--embedding {r.embedding!r}: use {' or '.join(EMBEDDINGS)}")
 
 
-def _sources(r: ProtocolRequest, train, classes: int) -> list:
+def _with_bodies(samples: SkeletonSet, bodies: int) -> SkeletonSet:
+    """The samples with absent (all-zero) persons added up to `bodies`, in memory."""
+    pad = [(0, 0)] * 4 + [(0, bodies - samples.data.shape[4])]
+    return replace(samples, data=np.pad(np.asarray(samples.data), pad))
+
+
+def _sources(r: ProtocolRequest, data: dict, classes: int) -> list:
     """Factories of EncoderSource, one per (encoder, stream), each called once: fine-tuning
-    changes its model in place, so no two evaluations share one."""
-    shape = model_shape(train)
+    changes its model in place, so no two evaluations share one. Where the encoders take more
+    persons than the data holds, data["train"] and data["test"] gain absent ones (zeros, as
+    every dataset writes a missing person)."""
+    shape = model_shape(data["train"])
     if r.random_init:
         config = preset(r.preset, SCDConfig, **shape)
         return [lambda s=s: random_encoder(config, classes, r.seed, s) for s in (r.streams or ("joint",))]
@@ -98,10 +111,18 @@ def _sources(r: ProtocolRequest, train, classes: int) -> list:
         source = load_encoder(path, classes, r.seed)
         theirs = {**{field: getattr(source.config, field) for field in shape},
                   "layout": layout_spec(source.config.skeleton)}
+        if theirs["num_bodies"] > shape["num_bodies"] and {**theirs, "num_bodies": 0} == {**shape, "num_bodies": 0} \
+                and i == 0:
+            r.log(f"the data's {shape['num_bodies']} person(s) padded to the encoder's {theirs['num_bodies']} "
+                  "with absent ones (zeros)")
+            data.update({k: _with_bodies(v, theirs["num_bodies"]) for k, v in data.items()})
+            shape = model_shape(data["train"])
         if theirs != shape:
+            hint = "" if r.joint_map else "; --joint-map places a dataset's joints into another layout"
             raise ScdError(f"--checkpoint {path}: the encoder takes {theirs['num_joints']} joints x "
                            f"{theirs['num_bodies']} bodies (layout {source.config.skeleton.name}), the data "
-                           f"{shape['num_joints']} x {shape['num_bodies']} (layout {train.layout.name})")
+                           f"{shape['num_joints']} x {shape['num_bodies']} "
+                           f"(layout {data['train'].layout.name}){hint}")
         stream = r.streams[i] if r.streams else source.representation
         if stream in streams_seen:
             raise ScdError(f"--checkpoint {path}: a second encoder of the {stream} stream (one per stream; "
@@ -119,8 +140,9 @@ def _features(r: ProtocolRequest, cache: FeatureCache, source: EncoderSource, sp
     def compute():
         return extract_features(source.model, data, source.config.window, r.device, source.representation,
                                 progress=r.progress, desc=f"{source.label} {source.representation}: {split} features")
+    joint_map = r.joint_map and [r.joint_map.source.name, r.joint_map.target.name, r.joint_map.joints]
     features, hit = cache.get(compute, encoder=source.identity, data=dataset_identity(r.data, split),
-                              stream=source.representation, window=source.config.window)
+                              stream=source.representation, window=source.config.window, joint_map=joint_map)
     if hit:
         r.log(f"{source.label} {source.representation}: {split} features from the cache")
     return features
@@ -159,6 +181,11 @@ def run_protocol(r: ProtocolRequest) -> dict:
     r = replace(r, linear=r.linear and replace(r.linear, seed=r.seed),
                 finetune=r.finetune and replace(r.finetune, seed=r.seed))
     train, test = load_dataset(r.data, seed=r.seed)
+    if r.joint_map is not None:
+        joint_map = r.joint_map if isinstance(r.joint_map, JointMap) else get_joint_map(r.joint_map)
+        train, test = joint_map.apply(train), joint_map.apply(test)
+        r = replace(r, joint_map=joint_map)
+        r.log(f"joint map {joint_map.name}: {joint_map.source.name} joints placed into {joint_map.target.name}")
     classes = num_classes(train, test, r.num_classes)
     cache = FeatureCache(r.cache_dir)
     test_y = torch.from_numpy(test.labels)
@@ -169,7 +196,10 @@ def run_protocol(r: ProtocolRequest) -> dict:
         settings["trained_epochs"] = r.finetune.epochs
     title = protocol_label({"protocol": r.protocol, "settings": settings})
     rows, scores, sources_seen, labelled = [], {}, [], len(train)
-    for make in _sources(r, train, classes):
+    data = {"train": train, "test": test}
+    makers = _sources(r, data, classes)
+    train, test = data["train"], data["test"]
+    for make in makers:
         source = make()
         out = _evaluate(r, source, train, test, classes, cache, index)
         row = {"encoder": source.label, "stream": source.representation,
@@ -227,6 +257,8 @@ def _semi_schedule(r: ProtocolRequest, train_samples: int, labelled: int) -> Pro
 
 def _settings(r: ProtocolRequest) -> dict:
     settings: dict = {"seed": r.seed}
+    if r.joint_map is not None:
+        settings["joint_map"] = r.joint_map.name
     if r.protocol in ("linear", "transfer"):
         settings.update(to_dict(r.linear) if r.linear else {}, exact_protocol=r.exact)
     if r.protocol in ("semi", "finetune"):
