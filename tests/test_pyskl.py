@@ -131,6 +131,17 @@ def test_3d_stored_as_given_exports_back_equal(files, tmp_path):
         np.testing.assert_array_equal(b["keypoint"], a["keypoint"])
 
 
+def test_a_layout_neither_ntu25_nor_coco17_is_refused(files, tmp_path, capsys):
+    with open(files[0], "rb") as f:
+        payload = pickle.load(f)
+    for a in payload["annotations"]:
+        a["keypoint"] = a["keypoint"][:, :, :20]
+    ann = _write(tmp_path / "kinect.pkl", payload)
+    refused(capsys, ["prepare", "pyskl", "--ann", str(ann), "--out", str(tmp_path / "d"), "--skip-bad"],
+            "V=20, C=3 is neither NTU-25 3D (25, 3) nor COCO-17 2D (17, 2)")
+    assert not (tmp_path / "d").exists()
+
+
 def test_a_wrong_split_lists_what_the_file_holds(files, tmp_path, capsys):
     refused(capsys, ["prepare", "pyskl", "--ann", str(files[0]), "--out", str(tmp_path / "d"), "--split", "xset"],
             "no split 'xset_train'; the file holds xsub_train, xsub_val, xview_train, xview_val")
@@ -144,7 +155,8 @@ def _write(path, payload):
 
 
 @pytest.mark.parametrize("change, message", [
-    (lambda a: a.update(keypoint=a["keypoint"][:, :, :20]), "V=20, C=3 is neither NTU-25 3D"),
+    (lambda a: a.update(keypoint=a["keypoint"][:, :, :20]), "of shape (1, 158, 20, 3); this file's first sample "
+                                                            "is (M, T, 25, 3)"),
     (lambda a: a.update(total_frames=a["total_frames"] + 1), "total_frames is"),
     (lambda a: a.update(label=-1), "label: -1 is not an integer >= 0"),
     (lambda a: a["keypoint"].__setitem__((0, 0, 0, 0), np.nan), "contains NaN or Inf"),
@@ -152,10 +164,14 @@ def _write(path, payload):
 def test_bad_annotations_are_named(files, tmp_path, capsys, change, message):
     with open(files[0], "rb") as f:
         payload = pickle.load(f)
-    change(payload["annotations"][0])
+    change(payload["annotations"][1])
     ann = _write(tmp_path / "bad.pkl", payload)
     refused(capsys, ["prepare", "pyskl", "--ann", str(ann), "--out", str(tmp_path / "d")], message)
     assert not (tmp_path / "d").exists()
+    assert main(["prepare", "pyskl", "--ann", str(ann), "--out", str(tmp_path / "d"), "--skip-bad",
+                 "--no-progress"]) == 0
+    assert message in (tmp_path / "d" / "skipped.txt").read_text()
+    assert len(_arrays(tmp_path / "d", "train")[1]) == len(payload["split"]["xsub_train"]) - 1
 
 
 class _WritesAFile:
@@ -213,3 +229,28 @@ def test_export_never_replaces_a_file_unasked(files, tmp_path, capsys):
     mine.write_bytes(b"a user's file")
     refused(capsys, ["export", "pyskl", "--data", str(data), "--out", str(mine)], "exists; choose another name")
     assert mine.read_bytes() == b"a user's file"
+
+
+def test_mmaction2_reads_the_export_with_its_own_pipeline(files, tmp_path):
+    """MMAction2's PoseDataset and skeleton transforms load what export pyskl writes (runs where
+    mmaction2 is installed; it is no dependency of scdfast)."""
+    pytest.importorskip("mmaction.datasets")
+    from mmaction.datasets import PoseDataset
+    from mmengine.registry import init_default_scope
+    init_default_scope("mmaction")
+    for ann, dataset, normalise, joints in ((files[1], "coco", "PreNormalize2D", 17),
+                                            (files[0], "nturgb+d", "PreNormalize3D", 25)):
+        data, back = tmp_path / dataset, tmp_path / f"{dataset}.pkl"
+        assert main(["prepare", "pyskl", "--ann", str(ann), "--out", str(data), "--no-progress"]) == 0
+        assert main(["export", "pyskl", "--data", str(data), "--out", str(back), "--no-progress"]) == 0
+        pipeline = [dict(type=normalise), dict(type="GenSkeFeat", dataset=dataset, feats=["j"]),
+                    dict(type="UniformSampleFrames", clip_len=32), dict(type="PoseDecode"),
+                    dict(type="FormatGCNInput", num_person=2), dict(type="PackActionInputs")]
+        with open(back, "rb") as f:
+            exported = pickle.load(f)
+        for split in ("xsub_train", "xsub_val"):
+            samples = PoseDataset(ann_file=str(back), pipeline=pipeline, split=split, test_mode=True)
+            assert len(samples) == len(exported["split"][split])
+            item = samples[0]
+            assert tuple(item["inputs"].shape) == (1, 2, 32, joints, 3)
+            assert np.isfinite(item["inputs"].numpy()).all()

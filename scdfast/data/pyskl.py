@@ -199,18 +199,20 @@ def prepare_pyskl(ann: str, out: str, split: str = "xsub", normalise_ntu: bool =
     with DatasetWriter(out, layout, {"--ann": ann}) as writer:
         for part, kept in checked.items():
             array = writer.split(part, (len(kept), 3, frames, layout.num_joints, bodies))
+            names, labels, shapes = [n for n, _, _ in kept], [s[2] for _, s, _ in kept], [s for _, _, s in kept]
             lengths = []
-            for i, (name, (keypoint, score, _, length), shape) in enumerate(
-                    tqdm(kept, desc=f"pyskl: {part}", unit="sample", disable=not progress)):
+            for i in tqdm(range(len(kept)), desc=f"pyskl: {part}", unit="sample", disable=not progress):
+                keypoint, score, _, length = kept[i][1]
                 if as_ntu:
                     array[i], length = _ntu_sample(keypoint)
                 else:
-                    array[i, :, :length] = _as_given(keypoint, score, shape, length)
+                    array[i, :, :length] = _as_given(keypoint, score, shapes[i], length)
                 lengths.append(length)
-                by_name.pop(name, None)  # the annotation is written: its arrays can go
-            writer.finish_split(part, [n for n, _, _ in kept], [s[2] for _, s, _ in kept], lengths)
+                kept[i] = None  # written: the last reference to its arrays goes
+                by_name.pop(names[i], None)
+            writer.finish_split(part, names, labels, lengths)
             if layout.planar:
-                writer.save_array(f"{part}_img_shape.npy", np.asarray([s for _, _, s in kept], dtype=np.int64))
+                writer.save_array(f"{part}_img_shape.npy", np.asarray(shapes, dtype=np.int64))
         if skipped:
             writer.write_text("skipped.txt", "\n".join(skipped) + "\n")
     return {"train": len(checked["train"]), "val": len(checked["val"]), "skipped": len(skipped), "frames": frames,
