@@ -489,7 +489,9 @@ def _run_export(args: argparse.Namespace) -> None:
 
     counts = export_pyskl(args.data, args.out, split=args.split, overwrite=args.overwrite,
                           progress=not args.no_progress)
-    print(f"wrote {args.out}: {counts['train']} training and {counts['val']} test samples ({counts['layout']})")
+    print(f"wrote {args.out}: {counts['train']} training and {counts['val']} test samples ({counts['layout']})"
+          + ("; sample names repeat across the splits, so each frame_dir is its split_name" if counts["renamed"]
+             else ""))
 
 
 def _run_diagnose(args: argparse.Namespace) -> None:

@@ -254,3 +254,18 @@ def test_mmaction2_reads_the_export_with_its_own_pipeline(files, tmp_path):
             item = samples[0]
             assert tuple(item["inputs"].shape) == (1, 2, 32, joints, 3)
             assert np.isfinite(item["inputs"].numpy()).all()
+
+
+def test_export_of_a_dataset_whose_splits_share_names(tmp_path, capsys):
+    from conftest import write_synthetic_dataset
+    (tmp_path / "d").mkdir()
+    data = write_synthetic_dataset(tmp_path / "d", samples=4, max_frames=40)  # s0..s3 in both splits
+    back = tmp_path / "back.pkl"
+    assert main(["export", "pyskl", "--data", str(data), "--out", str(back), "--split", "train,val"]) == 0
+    assert "each frame_dir is its split_name" in capsys.readouterr().out
+    with open(back, "rb") as f:
+        exported = pickle.load(f)
+    assert exported["split"] == {"train": [f"train_s{i}" for i in range(4)], "val": [f"val_s{i}" for i in range(4)]}
+    assert [a["keypoint"].shape[-1] for a in exported["annotations"]] == [3] * 8
+    refused(capsys, ["export", "pyskl", "--data", str(data), "--out", str(data / "inside.pkl")],
+            "lies inside --data")

@@ -264,18 +264,27 @@ def export_pyskl(data: str, out: str, split: str = "xsub", overwrite: bool = Fal
         raise ScdError(f"--out {out}: is a directory; give the annotation file's name")
     if os.path.lexists(out) and not overwrite:
         raise ScdError(f"--out {out}: exists; choose another name, or pass --overwrite to replace it")
+    if os.path.dirname(os.path.realpath(out)) == os.path.realpath(data):
+        raise ScdError(f"--out {out}: lies inside --data {data}, which holds only the files prepare writes; "
+                       "write the annotation file elsewhere")
     layout = dataset_layout(data)
-    names = dict(zip(("train", "val"), split_names(split)))
+    listed = dict(zip(("train", "val"), split_names(split)))
+    splits = {part: load_split(data, part, layout) for part in listed}
+    frame_dirs = {part: read_label_file(os.path.join(data, f"{part}_label.pkl"))[0]
+                  or [f"{part}_{i:06d}" for i in range(len(samples))] for part, samples in splits.items()}
+    every = frame_dirs["train"] + frame_dirs["val"]
+    renamed = len(set(every)) != len(every)
+    if renamed:  # pyskl finds a sample by its frame_dir: each must be unique in the file
+        frame_dirs = {part: [f"{part}_{name}" for name in names] for part, names in frame_dirs.items()}
+        if len(set(frame_dirs["train"] + frame_dirs["val"])) != len(every):
+            raise ScdError(f"--data {data}: a sample name repeats within a split, and pyskl finds samples by name")
     result = {"split": {}, "annotations": []}
-    for part, listed in names.items():
-        samples = load_split(data, part, layout)
-        frame_dirs = read_label_file(os.path.join(data, f"{part}_label.pkl"))[0] \
-            or [f"{part}_{i:06d}" for i in range(len(samples))]
+    for part, samples in splits.items():
         shapes = _read_image_shapes(data, part, len(samples)) if layout.planar else [None] * len(samples)
         for i in tqdm(range(len(samples)), desc=f"export: {part}", unit="sample", disable=not progress):
             result["annotations"].append(_annotation(samples.data[i], int(samples.num_frames[i]),
-                                                     int(samples.labels[i]), frame_dirs[i], layout.planar, shapes[i]))
-        result["split"][listed] = list(frame_dirs)
+                                                     int(samples.labels[i]), frame_dirs[part][i], layout.planar,
+                                                     shapes[i]))
+        result["split"][listed[part]] = list(frame_dirs[part])
     atomic_write(out, lambda f: pickle.dump(result, f, protocol=4))
-    return {"train": len(result["split"][names["train"]]), "val": len(result["split"][names["val"]]),
-            "layout": layout.name}
+    return {"train": len(splits["train"]), "val": len(splits["val"]), "layout": layout.name, "renamed": renamed}
