@@ -281,7 +281,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "normalised by the image size, first two persons); read without running any code in it",
                         None)
     f.add_argument("--ann", required=True, metavar="FILE.pkl",
-                   help="the annotation file (e.g. ntu60_3danno.pkl, ntu60_hrnet.pkl, k400_hrnet.pkl)")
+                   help="the annotation file (e.g. ntu60_3danno.pkl, ntu60_hrnet.pkl, ucf101_hrnet.pkl); "
+                   "--skip-bad skips malformed samples")
     f.add_argument("--split", default="xsub", help="which of the file's splits: NAME takes NAME_train and NAME_val "
                    "(xsub, xview, xset), or TRAIN,TEST names both (e.g. train,val); default xsub")
     f.add_argument("--normalise", choices=("ntu", "none"), default="ntu",

@@ -269,3 +269,19 @@ def test_export_of_a_dataset_whose_splits_share_names(tmp_path, capsys):
     assert [a["keypoint"].shape[-1] for a in exported["annotations"]] == [3] * 8
     refused(capsys, ["export", "pyskl", "--data", str(data), "--out", str(data / "inside.pkl")],
             "lies inside --data")
+
+
+def test_numpys_own_names_cannot_build_arrays_around_the_rebuild(tmp_path):
+    """numpy.ndarray is admitted as the rebuild's class only: called directly (any shape, an
+    object dtype), or given as a memmap subclass, the file is refused."""
+    from scdfast.data.array_pickle import read_array_pickle
+    from scdfast.errors import ScdError
+
+    class CallsNdarray:
+        def __reduce__(self):
+            return (np.ndarray, ((3,), "O"))
+    for value, message in ((CallsNdarray(), "a call of numpy.ndarray"),
+                           (np.memmap(tmp_path / "m.bin", mode="w+", shape=(2,)), "refused")):
+        path = _dump(tmp_path / "p.pkl", {"x": value}, 4)
+        with pytest.raises(ScdError, match=message):
+            read_array_pickle(str(path))

@@ -41,8 +41,19 @@ class _CheckedArray(np.ndarray):
         super().__setstate__(state)
 
 
+class _NdarrayName:
+    """What the global `numpy.ndarray` resolves to: a name `_reconstruct` accepts as its class,
+    not the class itself, which a pickle could otherwise call with any shape and dtype."""
+
+    def __call__(self, *args, **kwargs):
+        raise pickle.UnpicklingError("a call of numpy.ndarray (only NumPy's array rebuild may build arrays)")
+
+
+_NDARRAY = _NdarrayName()
+
+
 def _reconstruct(subtype, shape, typecode):
-    if subtype is not np.ndarray:
+    if subtype is not _NDARRAY:
         raise pickle.UnpicklingError(f"an array of class {getattr(subtype, '__name__', subtype)!r}")
     if shape not in ((0,), 0):  # NumPy writes an empty placeholder; its state brings the size
         raise pickle.UnpicklingError(f"an array placeholder of shape {shape!r} (NumPy writes (0,))")
@@ -76,7 +87,7 @@ def _frombuffer(buffer, dtype, shape, order):
     return array.reshape(shape, order=order)
 
 
-_ADMITTED = {"_reconstruct": _reconstruct, "ndarray": np.ndarray, "dtype": _dtype, "scalar": _scalar,
+_ADMITTED = {"_reconstruct": _reconstruct, "ndarray": _NDARRAY, "dtype": _dtype, "scalar": _scalar,
              "_frombuffer": _frombuffer}
 
 
