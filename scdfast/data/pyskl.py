@@ -35,6 +35,7 @@ from scdfast.data.layouts import COCO17, NTU25, SkeletonLayout
 from scdfast.data.prepare_ntu import MAX_BODIES, MAX_FRAMES, normalise, select_bodies
 from scdfast.data.writer import DatasetWriter
 from scdfast.errors import ScdError
+from scdfast.fileio import atomic_write
 
 BODIES_2D = 2  # pyskl's FormatGCNInput(num_person=2)
 
@@ -256,8 +257,6 @@ def _annotation(sample: np.ndarray, frames: int, label: int, name: str, planar: 
 
 def export_pyskl(data: str, out: str, split: str = "xsub", overwrite: bool = False, progress: bool = True) -> dict:
     """Write dataset directory `data` as a pyskl annotation file `out` (a new file, or --overwrite)."""
-    from scdfast.train.rundir import atomic_write
-
     if not os.path.isdir(data):
         raise ScdError(f"--data {data}: no such dataset directory")
     if os.path.isdir(out):
