@@ -67,7 +67,7 @@ def plan_from_draws(draws: ViewDraws, layout: SkeletonLayout = NTU25) -> ViewPla
     matrix = np.tile(np.eye(3), (views, 1, 1))
     joint_mask = np.zeros((views, num_joints), np.uint8)
     segment_mask = np.zeros((views, fused.TEMPORAL_SEGMENTS), np.uint8)
-    degrees, shear = draws.rotate_degrees.copy(), draws.shear_values.copy()
+    degrees, shear = draws.rotate_degrees, draws.shear_values
     if layout.planar:
         degrees = np.stack([planar_degrees(d, int(a)) for d, a in zip(degrees, draws.rotate_axis)])
         shear = np.stack([planar_shear(s) for s in shear])

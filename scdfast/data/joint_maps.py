@@ -52,10 +52,10 @@ class JointMap:
 
     @property
     def mapped_layout(self) -> SkeletonLayout:
-        """The target layout, 2D where the source is (its channels are the source's)."""
+        """The target layout with the source's channels: 2D where the source is, 3D where not."""
         if self.source.planar == self.target.planar:
             return self.target
-        return replace(self.target, name=f"{self.target.name}-2d" if self.source.planar else self.target.name,
+        return replace(self.target, name=f"{self.target.name}-{'2d' if self.source.planar else '3d'}",
                        planar=self.source.planar)
 
     @property
