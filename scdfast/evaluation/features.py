@@ -21,6 +21,7 @@ from scdfast.models import DownstreamEncoder
 from scdfast.train.rundir import atomic_write
 
 CACHE_VERSION = 1
+CPU_BATCH = 32
 
 
 def default_cache_dir() -> str:
@@ -37,9 +38,13 @@ def eval_batch(data: SkeletonSet, index: np.ndarray, window: int, representation
 
 @torch.no_grad()
 def extract_features(encoder: DownstreamEncoder, data: SkeletonSet, window: int, device: torch.device,
-                     representation: str = "joint", batch_size: int = 256, progress: bool = False,
+                     representation: str = "joint", batch_size: int | None = None, progress: bool = False,
                      desc: str = "features") -> torch.Tensor:
-    """(N, 2d) float32 features concat(vt, vs) of every sample, eval mode, on the CPU."""
+    """(N, 2d) float32 features concat(vt, vs) of every sample, eval mode, on the CPU.
+    `batch_size` None: 256 samples a batch on a GPU, 32 on the CPU, where a batch's activations
+    then stay in the caches (the tiny encoder: 2.5x faster a sample than at 256 on a 2-core
+    EPYC). In eval mode every sample's features are its own, whatever the batch."""
+    batch_size = batch_size or (CPU_BATCH if device.type == "cpu" else 256)
     encoder.eval().to(device)
     out = []
     for lo in tqdm(range(0, len(data), batch_size), desc=desc, unit="batch", disable=not progress):

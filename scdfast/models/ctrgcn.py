@@ -26,6 +26,35 @@ def _init_bn(bn: nn.BatchNorm2d | nn.BatchNorm1d, scale: float) -> None:
     nn.init.zeros_(bn.bias)
 
 
+class _BatchShift(torch.autograd.Function):
+    """`shift` (C, L) as the (N, C, L) view every sample shares: the additive term of a batched
+    GEMM. Its gradient is summed over the batch first, a contiguous outer reduction. Autograd's
+    own gradient of an expand of a (C, 1) bias sums over (0, 2) at once, which for a bf16
+    gradient on the CPU casts the whole tensor to float first: 16x slower, and in the tiny bf16
+    step those sums took 8% of the time."""
+
+    @staticmethod
+    def forward(ctx, shift: torch.Tensor, n: int, length: int) -> torch.Tensor:
+        ctx.width = shift.shape[1]
+        return shift.unsqueeze(0).expand(n, -1, length)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        grad = grad.sum(0)
+        return (grad.sum(1, keepdim=True) if ctx.width == 1 else grad), None, None
+
+
+def batched_affine(x: torch.Tensor, weight: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """out[n] = weight @ x[n] + shift for (N, C, L) `x`, (out, C) `weight` and an (out, 1) or
+    (out, L) `shift`: one batched GEMM. Weight and shift are cast first under CPU autocast,
+    which would otherwise cast the expanded shift, writing all N x out x L of it."""
+    n, _, length = x.shape
+    if torch.is_autocast_enabled("cpu") and x.device.type == "cpu":
+        dtype = torch.get_autocast_dtype("cpu")
+        weight, shift = weight.to(dtype), shift.to(dtype)
+    return torch.baddbmm(_BatchShift.apply(shift, n, length), weight.unsqueeze(0).expand(n, -1, -1), x)
+
+
 def pointwise(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
     """A 1x1 convolution of (N, C, T, V) `x`; on the CPU one batched GEMM, out[n] = W @ x[n] + b
     over the (C, T x V) view of each sample. oneDNN runs these narrow convolutions through layout
@@ -35,11 +64,46 @@ def pointwise(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torc
         return F.conv2d(x, weight, bias)
     n, c, t, v = x.shape
     out = weight.shape[0]
-    # cast before expanding: autocast would cast the expanded bias, writing all N x out x T x V of it
-    dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else x.dtype
-    weight, bias = weight.to(dtype), bias.to(dtype)
-    return torch.baddbmm(bias.view(1, out, 1).expand(n, -1, t * v), weight.view(1, out, c).expand(n, -1, -1),
-                         x.reshape(n, c, t * v)).view(n, out, t, v)
+    return batched_affine(x.reshape(n, c, t * v), weight.view(out, c), bias.view(out, 1)).view(n, out, t, v)
+
+
+class _FrameMean(torch.autograd.Function):
+    """The mean over frames of (N, C, T, V) `x`, keeping the frame axis: (N, C, 1, V).
+
+    Both directions avoid a slow path of bf16 on the CPU. Forward as a sum and a division:
+    `mean` casts the whole tensor to float first (4x slower for a (128, 64, 32, 25) tensor;
+    both accumulate in float and round once). Backward hands autograd a dense gradient: the
+    broadcast one that `sum` returns is added into x's other gradients at 9 ms a (128, 64, 32,
+    25) tensor, a dense one at 0.6 ms."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        ctx.shape = x.shape
+        return x.sum(-2, keepdim=True) / x.shape[-2]
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        n, c, t, v = ctx.shape
+        return (grad / t).view(n * c, 1, v).expand(-1, t, -1).contiguous().view(n, c, t, v)
+
+
+def frame_mean(x: torch.Tensor) -> torch.Tensor:
+    """x.mean(-2, keepdim=True); on the CPU through `_FrameMean`, faster for bf16."""
+    return _FrameMean.apply(x) if x.device.type == "cpu" else x.mean(-2, keepdim=True)
+
+
+class _ContiguousGrad(torch.autograd.Function):
+    """The identity, whose gradient is made contiguous. A branch concatenated on channels gets
+    a strided slice of the concatenation's gradient, and BatchNorm's backward runs 4-5x slower
+    on a strided gradient than it does on a copy."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        return grad.contiguous()
 
 
 class PointwiseConv(nn.Conv2d):
@@ -112,7 +176,10 @@ class MultiScaleTemporalConv(nn.Module):
         h = pointwise(x, torch.cat([c.weight for c in bottlenecks]), torch.cat([c.bias for c in bottlenecks]))
         h0, h1, h2, h3 = _batch_norms(h, [bn0, bn1, bn2, bn3]).split(bn0.num_features, dim=1)
         # not the branches' in-place ReLUs: h0..h2 are views of one tensor
-        return torch.cat([temporal0(F.relu(h0)), temporal1(F.relu(h1)), pool_bn(pool(F.relu(h2))), h3], dim=1)
+        branches = [temporal0(F.relu(h0)), temporal1(F.relu(h1)), pool_bn(pool(F.relu(h2)))]
+        if x.device.type == "cpu":
+            branches = [_ContiguousGrad.apply(b) for b in branches]
+        return torch.cat([*branches, h3], dim=1)
 
 
 def _batch_norms(x: torch.Tensor, norms: list[nn.BatchNorm2d]) -> torch.Tensor:
@@ -143,7 +210,8 @@ class CTRGC(nn.Module):
     taken first (a pass over V joints instead of T x V); alpha scales conv4's weights and bias
     rather than its (N, C, V, V) output; and the adjacency is built transposed, (N, C, V, U),
     so that the aggregation is a plain batched matmul of contiguous operands, which eager and
-    compiled code alike hand to one batched GEMM."""
+    compiled code alike hand to one batched GEMM. On the CPU, conv4, its bias and A are one
+    batched GEMM too (`batched_affine`)."""
 
     def __init__(self, in_channels: int, out_channels: int, rel_reduction: int = 8):
         super().__init__()
@@ -159,12 +227,20 @@ class CTRGC(nn.Module):
                 x_mean: torch.Tensor | None = None) -> torch.Tensor:
         """`x_mean`: x.mean over frames (keepdim), when the caller has it for several subsets."""
         if x_mean is None:
-            x_mean = x.mean(-2, keepdim=True)                                  # N, C, 1, V
+            x_mean = frame_mean(x)                                             # N, C, 1, V
         x1 = self.conv1(x_mean).squeeze(-2)                                    # N, R, V
         x2 = self.conv2(x_mean).squeeze(-2)                                    # N, R, V
         rel_t = torch.tanh(x1.unsqueeze(-2) - x2.unsqueeze(-1))                # N, R, V, U: x1[u] - x2[v]
-        adj_t = F.conv2d(rel_t, self.conv4.weight * alpha, self.conv4.bias * alpha)  # N, C, V, U
-        adj_t = adj_t + a.t().to(adj_t.dtype)  # under autocast the sum stays bf16, as the matmul takes it
+        n, r, v, _ = rel_t.shape
+        weight, bias = self.conv4.weight * alpha, self.conv4.bias * alpha
+        if x.device.type == "cpu":
+            # conv4, its bias and + A^T as one batched GEMM whose additive term is bias + A^T
+            # (C, V x U); the sum with a transposed A alone took 3 ms of a (128, 64, 25, 25) bf16 step
+            shift = bias.unsqueeze(1) + a.t().reshape(1, v * v)
+            adj_t = batched_affine(rel_t.reshape(n, r, v * v), weight.view(-1, r), shift).view(n, -1, v, v)
+        else:
+            adj_t = F.conv2d(rel_t, weight, bias)                              # N, C, V, U
+            adj_t = adj_t + a.t().to(adj_t.dtype)  # under autocast the sum stays bf16, as the matmul takes it
         return torch.matmul(self.conv3(x), adj_t)                              # N, C, T, U
 
 
@@ -185,7 +261,7 @@ class GraphConv(nn.Module):
         _init_bn(self.bn, 1e-6)  # the unit starts as (nearly) its residual path
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x_mean = x.mean(-2, keepdim=True)  # every subset's conv1 and conv2 read it
+        x_mean = frame_mean(x)  # every subset's conv1 and conv2 read it
         y = self.convs[0](x, self.PA[0], self.alpha, x_mean)
         for i in range(1, len(self.convs)):
             y = y + self.convs[i](x, self.PA[i], self.alpha, x_mean)
