@@ -130,14 +130,65 @@ class TemporalMaxPool(nn.Module):
         return F.max_pool1d(frames_last, 3, stride=1, padding=1).transpose(1, 2).reshape(n, c, t, v)
 
 
+class _NarrowFrameConvGrad(torch.autograd.Function):
+    """A (k x 1) convolution over frames ('same' padding) whose backward is written out: the
+    input's gradient is the forward convolution of the gradient with the flipped kernel, the
+    weight's one batched GEMM against the k shifted inputs. For 4 channels in bf16 oneDNN's
+    backward took 2.9-7.6 ms of a (128, 4, 32, 25) tensor against 0.35 ms for its forward; this
+    one takes 0.8 ms. At 16 channels oneDNN's is the faster (2.4 against 11 ms)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, dilation: int) -> torch.Tensor:
+        ctx.save_for_backward(x, weight)
+        ctx.dilation = dilation
+        return F.conv2d(x, weight, bias, padding=(_same_padding(weight.shape[2], dilation), 0), dilation=(dilation, 1))
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        x, weight = ctx.saved_tensors
+        d = ctx.dilation
+        n, c, t, v = x.shape
+        out, _, k, _ = weight.shape
+        pad = _same_padding(k, d)
+        grad = grad.contiguous()
+        grad_x = F.conv2d(grad, weight.flip(2).transpose(0, 1), padding=(pad, 0), dilation=(d, 1))
+        padded = F.pad(x, (0, 0, pad, pad))
+        shifted = torch.stack([padded[:, :, i * d:i * d + t] for i in range(k)], 2)     # N, C, k, T, V
+        grad_w = torch.bmm(grad.view(n, out, t * v), shifted.view(n, c * k, t * v).transpose(1, 2)).sum(0)
+        grad_b = grad.view(n, out, t * v).sum(2).sum(0)
+        return grad_x, grad_w.view(weight.shape), grad_b, None
+
+
+def _same_padding(kernel_size: int, dilation: int) -> int:
+    return (kernel_size + (kernel_size - 1) * (dilation - 1) - 1) // 2
+
+
+class FrameConv(nn.Conv2d):
+    """(k x 1) convolution over frames, 'same' padding; parameters and state dict are Conv2d's.
+    On the CPU, at most NARROW input channels take `_NarrowFrameConvGrad`'s backward."""
+
+    NARROW = 8
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, dilation: int = 1):
+        super().__init__(in_channels, out_channels, (kernel_size, 1), padding=(_same_padding(kernel_size, dilation), 0),
+                         dilation=(dilation, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.device.type != "cpu" or self.in_channels > self.NARROW:
+            return super().forward(x)
+        weight, bias = self.weight, self.bias
+        if torch.is_autocast_enabled("cpu"):
+            dtype = torch.get_autocast_dtype("cpu")
+            x, weight, bias = x.to(dtype), weight.to(dtype), bias.to(dtype)
+        return _NarrowFrameConvGrad.apply(x, weight, bias, self.dilation[0])
+
+
 class TemporalConv(nn.Sequential):
     """(k x 1) convolution over frames, 'same' padding, then BatchNorm."""
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, dilation: int = 1):
-        pad = (kernel_size + (kernel_size - 1) * (dilation - 1) - 1) // 2
         super().__init__()
-        self.conv = nn.Conv2d(in_channels, out_channels, (kernel_size, 1), padding=(pad, 0),
-                              dilation=(dilation, 1))
+        self.conv = FrameConv(in_channels, out_channels, kernel_size, dilation)
         self.bn = nn.BatchNorm2d(out_channels)
 
 
