@@ -12,6 +12,11 @@ def count(module):
     return sum(p.numel() for p in module.parameters())
 
 
+def _relative_error(a, b):
+    """||a - b|| / ||b||, in float64."""
+    return float((a.detach().double() - b.detach().double()).norm() / b.detach().double().norm())
+
+
 @pytest.fixture(scope="module")
 def paper_model():
     return SCDNet(SCDConfig.paper())
@@ -262,10 +267,6 @@ def test_the_key_encoders_attention_projects_with_one_gemm():
     assert operands, "the attention's score GEMMs were not seen"
     assert not weights & set(operands), f"a weight matrix went into a batched GEMM: {weights & set(operands)}"
 
-
-
-def _relative_error(a, b):
-    return float((a.detach().double() - b.detach().double()).norm() / b.detach().double().norm())
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])

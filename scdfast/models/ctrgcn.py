@@ -44,14 +44,21 @@ class _BatchShift(torch.autograd.Function):
         return (grad.sum(1, keepdim=True) if ctx.width == 1 else grad), None, None
 
 
+def _autocast_cpu(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """`tensors` in CPU autocast's dtype where it is on: what autocast would hand the op, cast
+    before a custom Function or an expand sees them."""
+    if not torch.is_autocast_enabled("cpu"):
+        return tensors
+    dtype = torch.get_autocast_dtype("cpu")
+    return tuple(t.to(dtype) for t in tensors)
+
+
 def batched_affine(x: torch.Tensor, weight: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
-    """out[n] = weight @ x[n] + shift for (N, C, L) `x`, (out, C) `weight` and an (out, 1) or
-    (out, L) `shift`: one batched GEMM. Weight and shift are cast first under CPU autocast,
+    """out[n] = weight @ x[n] + shift for (N, C, L) CPU `x`, (out, C) `weight` and an (out, 1)
+    or (out, L) `shift`: one batched GEMM. Weight and shift are cast first under autocast,
     which would otherwise cast the expanded shift, writing all N x out x L of it."""
     n, _, length = x.shape
-    if torch.is_autocast_enabled("cpu") and x.device.type == "cpu":
-        dtype = torch.get_autocast_dtype("cpu")
-        weight, shift = weight.to(dtype), shift.to(dtype)
+    weight, shift = _autocast_cpu(weight, shift)
     return torch.baddbmm(_BatchShift.apply(shift, n, length), weight.unsqueeze(0).expand(n, -1, -1), x)
 
 
@@ -138,25 +145,26 @@ class _NarrowFrameConvGrad(torch.autograd.Function):
     one takes 0.8 ms. At 16 channels oneDNN's is the faster (2.4 against 11 ms)."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, dilation: int) -> torch.Tensor:
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, pad: int, dilation: int) -> torch.Tensor:
         ctx.save_for_backward(x, weight)
-        ctx.dilation = dilation
-        return F.conv2d(x, weight, bias, padding=(_same_padding(weight.shape[2], dilation), 0), dilation=(dilation, 1))
+        ctx.pad, ctx.dilation = pad, dilation
+        return F.conv2d(x, weight, bias, padding=(pad, 0), dilation=(dilation, 1))
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         x, weight = ctx.saved_tensors
-        d = ctx.dilation
+        pad, d = ctx.pad, ctx.dilation
         n, c, t, v = x.shape
         out, _, k, _ = weight.shape
-        pad = _same_padding(k, d)
         grad = grad.contiguous()
-        grad_x = F.conv2d(grad, weight.flip(2).transpose(0, 1), padding=(pad, 0), dilation=(d, 1))
+        grad_x = None
+        if ctx.needs_input_grad[0]:
+            grad_x = F.conv2d(grad, weight.flip(2).transpose(0, 1), padding=(pad, 0), dilation=(d, 1))
         padded = F.pad(x, (0, 0, pad, pad))
         shifted = torch.stack([padded[:, :, i * d:i * d + t] for i in range(k)], 2)     # N, C, k, T, V
         grad_w = torch.bmm(grad.view(n, out, t * v), shifted.view(n, c * k, t * v).transpose(1, 2)).sum(0)
         grad_b = grad.view(n, out, t * v).sum(2).sum(0)
-        return grad_x, grad_w.view(weight.shape), grad_b, None
+        return grad_x, grad_w.view(weight.shape), grad_b, None, None
 
 
 def _same_padding(kernel_size: int, dilation: int) -> int:
@@ -176,11 +184,8 @@ class FrameConv(nn.Conv2d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.device.type != "cpu" or self.in_channels > self.NARROW:
             return super().forward(x)
-        weight, bias = self.weight, self.bias
-        if torch.is_autocast_enabled("cpu"):
-            dtype = torch.get_autocast_dtype("cpu")
-            x, weight, bias = x.to(dtype), weight.to(dtype), bias.to(dtype)
-        return _NarrowFrameConvGrad.apply(x, weight, bias, self.dilation[0])
+        x, weight, bias = _autocast_cpu(x, self.weight, self.bias)
+        return _NarrowFrameConvGrad.apply(x, weight, bias, self.padding[0], self.dilation[0])
 
 
 class TemporalConv(nn.Sequential):
