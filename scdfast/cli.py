@@ -526,8 +526,15 @@ def _run_doctor(args: argparse.Namespace) -> int:
     return 0 if print_report(report) else 1
 
 
+# commands that run the encoders, for which malloc keeps freed memory (scdfast.hostmem)
+COMPUTING_COMMANDS = ("pretrain", *(name for name, *_ in _PROTOCOL_PARSERS))
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command in COMPUTING_COMMANDS:
+        from scdfast.hostmem import keep_freed_memory
+        keep_freed_memory()  # before the first tensor: freed activations stay with the process
     try:
         if args.command == "doctor":
             return _run_doctor(args)

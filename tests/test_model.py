@@ -1,9 +1,12 @@
 """SCD-Net's architecture: parameter counts, token layouts, outputs, queue mechanics."""
+import copy
+
 import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from scdfast.config import SCDConfig
+from scdfast.data.layouts import NTU25
 from scdfast.errors import ScdError
 from scdfast.models import CTRGCN, DownstreamEncoder, SCDNet
 
@@ -102,6 +105,81 @@ def test_ctrgc_equals_the_authors_computation(in_channels, out_channels):
     torch.testing.assert_close(m(x, a, alpha), _authors_ctrgc(m, x, a, alpha), rtol=1e-12, atol=1e-12)
     for name, g, want in zip(["x", "a", "alpha", *(n for n, _ in m.named_parameters())], ours, theirs):
         torch.testing.assert_close(g, want, rtol=1e-10, atol=1e-10, msg=name)
+
+
+def _authors_graph_conv(m, x):
+    """GraphConv as the authors' unit_gcn computes it: each subset's product on its own, summed,
+    BatchNorm, the shortcut added, ReLU."""
+    y = sum(_authors_ctrgc(conv, x, m.PA[i], m.alpha) for i, conv in enumerate(m.convs))
+    if m.down is None:
+        shortcut = x
+    else:
+        shortcut = m.down[1](torch.nn.functional.conv2d(x, m.down[0].weight, m.down[0].bias))
+    return torch.relu(m.bn(y) + shortcut)
+
+
+def _authors_unit(m, x):
+    """TCNGCNUnit as the authors' TCN_GCN_unit: relu(tcn(gcn(x)) + residual(x))."""
+    y = m.tcn1(_authors_graph_conv(m.gcn1, x))
+    if m.residual is not None:
+        y = y + m.residual.bn(torch.nn.functional.conv2d(x, m.residual.conv.weight, m.residual.conv.bias))
+    elif m.identity_residual:
+        y = y + x
+    return torch.relu(y)
+
+
+def _unit_with_grads(in_channels, out_channels, residual):
+    from scdfast.graph import ctrgcn_adjacency
+    from scdfast.models.ctrgcn import TCNGCNUnit
+    torch.manual_seed(0)
+    m = TCNGCNUnit(in_channels, out_channels, torch.tensor(ctrgcn_adjacency(NTU25)), residual=residual).double()
+    with torch.no_grad():
+        m.gcn1.alpha.fill_(0.5)          # both start at zero: the refinement and the unit's BN
+        m.gcn1.bn.weight.normal_(1.0, 0.1)
+    return m, torch.randn(3, in_channels, 16, 25, dtype=torch.float64), torch.randn(3, out_channels, 16, 25,
+                                                                                    dtype=torch.float64)
+
+
+def _outputs_and_grads(forward, module, x, grad):
+    x = x.clone().requires_grad_()
+    y = forward(x)
+    return y, torch.autograd.grad(y, [x, *module.parameters()], grad.to(y.dtype))
+
+
+UNIT_SHAPES = [(3, 16, False), (8, 16, True), (16, 16, True)]  # shortcuts: none, 1x1 convolution, identity
+
+
+@pytest.mark.parametrize("in_channels,out_channels,residual", UNIT_SHAPES)
+def test_units_equal_the_authors_sum_of_subsets(in_channels, out_channels, residual):
+    """A unit's three subsets accumulate in place on the CPU, and its ReLUs run in place; in
+    float64 its output and every gradient equal the authors' order of operations to 1e-10. The
+    biases before a BatchNorm have a zero gradient in exact arithmetic: theirs must be ~0 too."""
+    m, x, grad = _unit_with_grads(in_channels, out_channels, residual)
+    ours, ours_grads = _outputs_and_grads(m, m, x, grad)
+    ref, ref_grads = _outputs_and_grads(lambda t: _authors_unit(m, t), m, x, grad)
+    assert _relative_error(ours, ref) < 1e-12
+    scale = float(ref_grads[0].norm())
+    for name, a, b in zip(["x", *(n for n, _ in m.named_parameters())], ours_grads, ref_grads):
+        if float(b.norm()) < 1e-9 * scale:
+            assert float(a.norm()) < 1e-9 * scale, name
+        else:
+            assert _relative_error(a, b) < 1e-10, f"{name}: {_relative_error(a, b):.3g}"
+
+
+@pytest.mark.parametrize("in_channels,out_channels,residual", UNIT_SHAPES)
+def test_units_under_bf16_autocast_match_the_authors_order(in_channels, out_channels, residual):
+    """Under bf16 autocast the in-place sums keep autocast's dtypes: against the float64
+    reference the output is within 2% and x's gradient no further off than the authors' order
+    of operations under the same autocast, with 25% to spare (both read 7-9% here: BatchNorm
+    over 3 samples amplifies bf16's rounding; a dropped subset or shortcut reads tens of %)."""
+    m, x, grad = _unit_with_grads(in_channels, out_channels, residual)
+    ref, ref_grads = _outputs_and_grads(lambda t: _authors_unit(m, t), m, x, grad)
+    m32 = copy.deepcopy(m).float()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ours, ours_grads = _outputs_and_grads(m32, m32, x.float(), grad)
+        theirs, their_grads = _outputs_and_grads(lambda t: _authors_unit(m32, t), m32, x.float(), grad)
+    assert _relative_error(ours, ref) < 2e-2
+    assert _relative_error(ours_grads[0], ref_grads[0]) < 1.25 * _relative_error(their_grads[0], ref_grads[0])
 
 
 def test_pointwise_conv_is_the_convolution():
@@ -298,3 +376,27 @@ def test_the_cpu_reductions_equal_plain_autograd(dtype):
                               torch.autograd.grad(ref, ref_in, grad.double())):
             assert a.shape == b.shape, name
             assert _relative_error(a, b) < tol, f"{name} (shift width {width}): {_relative_error(a, b):.3g}"
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_uniform_dropout_is_dropout(dtype):
+    """The transformers' dropouts draw their CPU masks as rand >= p: each element kept with
+    probability 1 - p (within 5 standard errors over 2e5 draws), kept ones scaled by 1/(1-p),
+    the gradient through the same mask, the same mask for the same seed, identity in eval."""
+    from scdfast.models.encoder import UniformDropout
+    p, n = 0.3, 200_000
+    drop = UniformDropout(p)
+    x = (torch.rand(n) + 0.5).to(dtype).requires_grad_()
+    torch.manual_seed(5)
+    y = drop(x)
+    kept = y != 0
+    assert y.dtype == dtype
+    assert abs(kept.double().mean().item() - (1 - p)) < 5 * (p * (1 - p) / n) ** 0.5
+    torch.testing.assert_close(y[kept].double(), (x[kept] / (1 - p)).double(), rtol=1e-2, atol=0)
+    (grad,) = torch.autograd.grad(y, x, torch.ones_like(y))
+    torch.testing.assert_close(grad.double(), kept.double() / (1 - p), rtol=1e-2, atol=0)
+    torch.manual_seed(5)
+    assert torch.equal(drop(x), y)
+    assert torch.equal(drop.eval()(x), x)
+    layers = SCDNet(SCDConfig.tiny()).query_encoder.encoder.t_encoder.layers
+    assert all(isinstance(m, UniformDropout) for layer in layers for m in (layer.dropout, layer.dropout1, layer.dropout2))

@@ -89,6 +89,21 @@ def test_flop_count_is_per_sample_and_leaves_the_run_untouched():
     assert flops > 0 and step_flops(model, *(torch.cat([v, v]) for v in views)) == 2 * flops
 
 
+def test_the_flop_count_is_the_models_not_the_cpu_paths():
+    """The CPU's paths accumulate products in place, which the FLOP counter misses; the count is
+    the model's own, as a model built on the meta device counts it (the generic paths)."""
+    from torch.utils.flop_counter import FlopCounterMode
+    views = [torch.randn(6, 3, CONFIG.window, 25, 2) for _ in range(2)]
+    with torch.device("meta"):
+        meta_model = SCDNet(CONFIG)
+    counter = FlopCounterMode(display=False)
+    with counter:
+        with torch.no_grad():
+            meta_model.key_encoder(views[1].to("meta"))
+        sum(z.float().square().mean() for z in meta_model.query_encoder(views[0].to("meta"))).backward()
+    assert step_flops(SCDNet(CONFIG), *views) == counter.get_total_flops()
+
+
 def test_a_timed_step_splits_its_phases_and_computes_the_same_loss():
     def run(timer):
         torch.manual_seed(0)

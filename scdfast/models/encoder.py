@@ -19,6 +19,19 @@ def _token_embedding(in_features: int, d_model: int) -> nn.Sequential:
                          nn.Linear(d_model, d_model))
 
 
+class UniformDropout(nn.Dropout):
+    """nn.Dropout whose mask, on the CPU, is torch.rand >= p: the same distribution and the same
+    generator, drawn faster. On AMD CPUs `bernoulli_` draws element by element: forward and
+    backward of a (50, 64, 128) bf16 dropout took 2.6 ms against 1.6 ms this way, and the tiny
+    bf16 step spends 12 of its dropouts on such tensors. Other devices keep nn.Dropout."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or x.device.type != "cpu" or not 0.0 < self.p < 1.0:
+            return super().forward(x)
+        scaled_keep = (torch.rand(x.shape, device=x.device) >= self.p).to(x.dtype).mul_(1.0 / (1.0 - self.p))
+        return x * scaled_keep
+
+
 def _transformer(config: SCDConfig) -> nn.TransformerEncoder:
     # Sequence-first, fed contiguous: the attention's input projections then fold into one GEMM.
     # Batch-first inputs reach them transposed, and for weights without grad (the key encoder)
@@ -26,6 +39,7 @@ def _transformer(config: SCDConfig) -> nn.TransformerEncoder:
     # the CPU's bf16 kernel copies first: 44x slower at d 2048 (fp32: 1.8x).
     layer = nn.TransformerEncoderLayer(config.d_model, config.num_heads, config.feedforward,
                                        dropout=config.dropout, batch_first=False)
+    layer.dropout, layer.dropout1, layer.dropout2 = (UniformDropout(config.dropout) for _ in range(3))
     # No nested tensors: every token is real, and the nested path breaks torch.compile.
     return nn.TransformerEncoder(layer, config.num_layers, enable_nested_tensor=False)
 
