@@ -310,8 +310,8 @@ def aggregate(pairs: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
     """The sum of x @ adj_t over (x (N, C, T, V), adj_t (N, C, V, U)) `pairs`, for the CPU: the
     first product is one batched GEMM and the others accumulate into it in place, where a
     product and a sum apiece would each write a fresh (N, C, T, U) tensor. Fresh memory is
-    page-faulted in on the CPU: 3 subsets' products and sums took 24-30 ms of a (128, 64, 32,
-    25) bf16 forward, the accumulation 8 ms."""
+    page-faulted in on the CPU: 3 subsets' products and sums took 8.7-30 ms of a (128, 64, 32,
+    25) bf16 forward, the accumulation 8.2-8.3 ms."""
     (x, adj_t), *rest = pairs
     n, c, t, v = x.shape
     u = adj_t.shape[-1]
