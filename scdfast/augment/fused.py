@@ -40,12 +40,11 @@ SLOT_TEMPORAL, SLOT_SEGMENTS = 21, 22                        # 16 segment slots:
 THREADS_PER_BLOCK = 256
 
 
-def _build(device_jit, kernel_jit, parallel_range, on_gpu, plan_jit=None):
+def _build(device_jit, kernel_jit, parallel_range, on_gpu):
     """Compile the plan and render kernels for one target. `device_jit` compiles helpers,
-    `kernel_jit` the entry points (`plan_jit`, where given, the plan kernel); on the CPU the
-    kernels loop over `parallel_range` (prange), on the GPU each thread takes its index from
-    cuda.grid (named through the module, where the CUDA simulator finds and replaces it)."""
-    plan_jit = plan_jit or kernel_jit
+    `kernel_jit` the entry points; on the CPU render loops over `parallel_range` (prange) and
+    plan is a serial loop, on the GPU each thread takes its index from cuda.grid (named
+    through the module, where the CUDA simulator finds and replaces it)."""
     uniform = make_uniform(device_jit)
 
     @device_jit
@@ -206,10 +205,12 @@ def _build(device_jit, kernel_jit, parallel_range, on_gpu, plan_jit=None):
                 out[b, 2, t, v, m] = m20 * a0 + m21 * a1 + m22 * a2
 
     if not on_gpu:
-        @plan_jit
+        # serial, compiled as the helpers are: a batch has few views (0.1 ms for 64 either way),
+        # and a parallel loop took 1.5 s longer to compile in every process
+        @device_jit
         def plan(key, num_frames, index, view_ids, window, ratio_lo, ratio_hi, probability, scores, num_masked, planar,
                  start, length, degrees, shear, matrix, flip, seeds, joint_mask, segment_mask):
-            for b in parallel_range(index.shape[0]):
+            for b in range(index.shape[0]):
                 plan_one(key, b, view_ids[b], num_frames[index[b]], window, ratio_lo, ratio_hi, probability, scores,
                          num_masked, planar, start, length, degrees, shear, matrix, flip, seeds, joint_mask,
                          segment_mask)
@@ -251,9 +252,7 @@ def _build(device_jit, kernel_jit, parallel_range, on_gpu, plan_jit=None):
     return plan, render
 
 
-# The CPU's plan loop runs serially: a batch has few views (0.1 ms for 64 either way), and a
-# parallel loop took 1.5 s longer to compile in every process.
-plan_cpu, render_cpu = _build(numba.njit, numba.njit(parallel=True), numba.prange, on_gpu=False, plan_jit=numba.njit)
+plan_cpu, render_cpu = _build(numba.njit, numba.njit(parallel=True), numba.prange, on_gpu=False)
 plan_cuda, render_cuda = _build(cuda.jit(device=True), cuda.jit, range, on_gpu=True)
 
 

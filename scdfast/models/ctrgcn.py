@@ -315,8 +315,7 @@ def aggregate(pairs: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
     (x, adj_t), *rest = pairs
     n, c, t, v = x.shape
     u = adj_t.shape[-1]
-    x, adj_t = _autocast_cpu(x, adj_t)  # what autocast hands bmm; the in-place GEMMs take y's dtype
-    y = torch.bmm(x.reshape(n * c, t, v), adj_t.reshape(n * c, v, u))
+    y = torch.bmm(x.reshape(n * c, t, v), adj_t.reshape(n * c, v, u))  # autocast casts for bmm, not for baddbmm_
     for x, adj_t in rest:
         y.baddbmm_(x.reshape(n * c, t, v).to(y.dtype), adj_t.reshape(n * c, v, u).to(y.dtype))
     return y.view(n, c, t, u)
