@@ -20,6 +20,9 @@ authors-like loop and to fp32 eager, the phase split of one synchronised step pe
 forward, backward, optimiser), model GFLOP/s against a roofline measured here (a large fp32 and
 bf16 matmul on the same threads), and the warm-up; then the top operators of one step of each
 --profile variant under torch.profiler, and the operator count of one eager step.
+
+The process keeps freed host memory as scdfast's commands do (scdfast.hostmem); --malloc default
+times it under glibc's own thresholds, as a library user's process runs.
 """
 from __future__ import annotations
 
@@ -36,6 +39,7 @@ import torch
 from scdfast.augment import draw_views, make_views
 from scdfast.config import PretrainConfig, SCDConfig, choices, preset
 from scdfast.data.synthetic import generate
+from scdfast.hostmem import keep_freed_memory
 from scdfast.losses.reference import scd_loss_ref
 from scdfast.models import SCDNet
 from scdfast.train.phases import PHASES, PhaseTimer, step_flops
@@ -243,7 +247,13 @@ def main(argv=None) -> int:
     parser.add_argument("--top", type=int, default=15, help="operators in each profile table (default 15)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--json", metavar="FILE", help="also write every figure as JSON")
+    parser.add_argument("--malloc", choices=("kept", "default"), default="kept",
+                        help="'kept' (default): freed host memory stays with the process, as scdfast's commands "
+                             "run (scdfast.hostmem); 'default': glibc's own thresholds, as a library user's "
+                             "process runs")
     args = parser.parse_args(argv)
+    # before this run allocates, as the commands do; the header says whether it took effect
+    malloc = "freed memory kept" if args.malloc == "kept" and keep_freed_memory() else "malloc defaults"
 
     device = torch.device(args.device)
     model_config = preset(args.preset, SCDConfig)
@@ -251,7 +261,8 @@ def main(argv=None) -> int:
     data = generate(args.samples, seed=0)
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_flags()
     print(f"{where}; torch {torch.__version__}, {torch.get_num_threads()} threads; preset {args.preset}, "
-          f"batch {args.batch}; {args.rounds} rounds of {args.steps} steps; {time.strftime('%Y-%m-%d %H:%M')}",
+          f"batch {args.batch}; {args.rounds} rounds of {args.steps} steps; {malloc}; "
+          f"{time.strftime('%Y-%m-%d %H:%M')}",
           flush=True)
     roofline = {name: matmul_roofline(device, dtype) for name, dtype in (("fp32", torch.float32),
                                                                          ("bf16", torch.bfloat16))}
@@ -305,7 +316,8 @@ def main(argv=None) -> int:
         print(f"operators dispatched by one eager step ({eager_variant.name}, views excluded): {count:,}")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"machine": where, "torch": torch.__version__, "preset": args.preset, "batch": args.batch,
+            json.dump({"machine": where, "torch": torch.__version__, "malloc": malloc, "preset": args.preset,
+                       "batch": args.batch,
                        "roofline_gflops": {k: v / 1e9 for k, v in roofline.items()}, "flops_per_step": flops,
                        "rows": rows, "operators_per_eager_step": count, "profiles": profiles}, f, indent=1)
     return 0
