@@ -5,12 +5,14 @@ arrays, pretrain the tiny preset on the CPU, then evaluate the pretrained encode
 randomly initialised one of the same seed under linear evaluation (the authors' raw protocol
 and with standardised features), 1-NN retrieval, 10% semi-supervised training and fine-tuning
 (each at several seeds, judged on their mean), plus transfer rows (NW-UCLA -> MSR Action3D,
-NW-UCLA -> UTD-MHAD). Every step is an ordinary
+NW-UCLA -> UTD-MHAD). The frozen probes and the transfer rows have no seed of their own: their
+noise is the pretraining's and the random init's, so --frozen-seeds pretrains again at further
+seeds and judges them on the mean. Every step is an ordinary
 `scdfast` command whose run directory lands under --out; a step whose results exist is
 skipped, so an interrupted run (or one stopped by --budget-minutes) continues where it ended;
 --protocols runs a subset (the pretrainings always), and the summary lists every finished run.
 
-    python benchmarks/accuracy.py --out runs/accuracy --budget-minutes 90
+    python benchmarks/accuracy.py --out runs/accuracy --frozen-seeds 3 --budget-minutes 90
 """
 from __future__ import annotations
 
@@ -45,6 +47,7 @@ PROTOCOLS = {
 RUN_NAMES = (*PROTOCOLS, "transfer")  # what --protocols can name
 HEADLINE = ("linear-standardized", "knn", "semi10", "finetune")  # pretrained against random init
 NEVER_BEHIND = ("semi10", "finetune")  # a pretrained start must come within MARGIN of random init here
+FROZEN = ("linear", "linear-standardized", "knn")  # the encoder frozen: noise from pretraining and random init
 MARGIN = 2.0  # top-1 points
 # the NEVER_BEHIND protocols train the encoder, and one run's top-1 swings with the seed: 10% of a
 # small training set is a few labelled samples a class (NW-UCLA's random init spans 41.6-61.9%
@@ -88,15 +91,15 @@ def _prepare_step(out: str, name: str, shared: str, budget: Budget) -> bool:
 
 
 def _pretrain_step(out: str, name: str, data: str, common: list[str], budget: Budget, epochs: int | None,
-                   sets: list[str]) -> bool:
-    run = os.path.join(out, "pretrain", name)
+                   sets: list[str], folder: str = "pretrain") -> bool:
+    run = os.path.join(out, folder, name)
     finished = os.path.isfile(os.path.join(run, "report.json"))
     started = os.path.isfile(os.path.join(run, "checkpoints", "last.pt"))
     if started and not finished:
-        return _step(f"pretrain {name} (resumed)", False, budget, ["pretrain", "--resume", run, *common])
+        return _step(f"{folder} {name} (resumed)", False, budget, ["pretrain", "--resume", run, *common])
     extra = ["--epochs", str(epochs)] if epochs else []
     extra += [option for item in sets for option in ("--set", item)]
-    return _step(f"pretrain {name}", finished, budget,
+    return _step(f"{folder} {name}", finished, budget,
                  ["pretrain", "--preset", "tiny", "--data", data, "--run-dir", run, *extra, *common])
 
 
@@ -126,11 +129,12 @@ def _seed_paths(out: str, protocol: str, name: str, seeds: int) -> list[str]:
     return [p for p in paths if os.path.isfile(p)]
 
 
-def _seeds_table(out: str, names: list[str], seeds: int) -> list[str]:
+def _seeds_table(out: str, names: list[str], seeds: int,
+                 protocols: tuple[str, ...] = NEVER_BEHIND) -> list[str]:
     lines = ["| dataset | protocol | seeds | pretrained top-1 %, mean (min-max) | random init top-1 %, mean (min-max) |",
              "|---|---|---|---|---|"]
     for name in names:
-        for protocol in NEVER_BEHIND:
+        for protocol in protocols:
             runs = [_top1(p) for p in _seed_paths(out, protocol, name, seeds)]
             if not runs:
                 continue
@@ -160,28 +164,43 @@ def _seed_noise(out: str, names: list[str], seeds: int) -> str | None:
             f"points around its cell's mean, so a mean of {seeds} seeds one of about {std / seeds ** 0.5:.1f}.")
 
 
-def _verdicts(out: str, names: list[str], seeds: int) -> list[str]:
-    """A line per (dataset, headline protocol): pretrained against random init (NEVER_BEHIND:
-    the mean over its seeds)."""
+def _frozen_seeds_section(out: str, names: list[str], frozen_seeds: int) -> list[str]:
+    """The frozen probes and transfer rows over their pretraining seeds, where there are several."""
+    if frozen_seeds < 2:
+        return []
+    rows = _seeds_table(out, names, frozen_seeds, ("linear-standardized", "knn"))
+    rows += _seeds_table(out, _transfer_names(names), frozen_seeds, ("transfer",))[2:]
+    return ["", f"## Frozen probes and transfer over {frozen_seeds} pretraining seeds", "", *rows]
+
+
+def _transfer_names(names: list[str]) -> list[str]:
+    return [f"{source}-to-{target}" for source, target in TRANSFERS if source in names and target in names]
+
+
+def _verdicts(out: str, names: list[str], seeds: int, frozen_seeds: int = 1) -> list[str]:
+    """A line per (dataset, headline protocol) and per transfer: pretrained against random init,
+    the mean over the protocol's seeds (NEVER_BEHIND: `seeds`; the others: `frozen_seeds`
+    pretrainings)."""
     lines = ["| dataset | protocol | pretrained top-1 % | random init top-1 % | difference | verdict |",
              "|---|---|---|---|---|---|"]
-    for name in names:
-        for protocol in HEADLINE:
-            paths = _seed_paths(out, protocol, name, seeds if protocol in NEVER_BEHIND else 1)
-            if not paths:
-                continue
-            runs = [_top1(p) for p in paths]
-            pre, rand = (sum(r[e] for r in runs) / len(runs) for e in ("pretrained", "random init"))
-            if pre > rand:
-                verdict = "pretrained beats random init"
-            elif protocol in NEVER_BEHIND:
-                verdict = f"within {MARGIN:g} points" if pre >= rand - MARGIN else f"**behind by more than {MARGIN:g}**"
-            elif pre == rand:
-                verdict = "even"
-            else:
-                verdict = "**random init ahead**"
-            label = f"{protocol} (mean of {len(runs)} seeds)" if len(runs) > 1 else protocol
-            lines.append(f"| {name} | {label} | {pre:.1f} | {rand:.1f} | {pre - rand:+.1f} | {verdict} |")
+    cells = [(name, protocol) for name in names for protocol in HEADLINE]
+    cells += [(name, "transfer") for name in _transfer_names(names)]
+    for name, protocol in cells:
+        paths = _seed_paths(out, protocol, name, seeds if protocol in NEVER_BEHIND else frozen_seeds)
+        if not paths:
+            continue
+        runs = [_top1(p) for p in paths]
+        pre, rand = (sum(r[e] for r in runs) / len(runs) for e in ("pretrained", "random init"))
+        if pre > rand:
+            verdict = "pretrained beats random init"
+        elif protocol in NEVER_BEHIND:
+            verdict = f"within {MARGIN:g} points" if pre >= rand - MARGIN else f"**behind by more than {MARGIN:g}**"
+        elif pre == rand:
+            verdict = "even"
+        else:
+            verdict = "**random init ahead**"
+        label = f"{protocol} (mean of {len(runs)} seeds)" if len(runs) > 1 else protocol
+        lines.append(f"| {name} | {label} | {pre:.1f} | {rand:.1f} | {pre - rand:+.1f} | {verdict} |")
     return lines
 
 
@@ -207,9 +226,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, default=SEEDS,
                         help=f"seeds of the semi-supervised and fine-tuning runs, whose verdicts are their means "
                              f"(default {SEEDS}; the first table shows --seed's run)")
+    parser.add_argument("--frozen-seeds", type=int, default=1,
+                        help="pretrainings per dataset for the frozen probes (linear, kNN) and the transfer rows, "
+                             "at --seed, --seed + 1, ...; their verdicts are the means (default 1: the table's "
+                             "own; the extra ones go to pretrain-seedK/ and <protocol>-seedK/)")
     args = parser.parse_args(argv)
-    if args.seeds < 1:
-        parser.error(f"--seeds: {args.seeds}; the table's own run is one seed, so at least 1")
+    for option, value in (("--seeds", args.seeds), ("--frozen-seeds", args.frozen_seeds)):
+        if value < 1:
+            parser.error(f"{option}: {value}; the table's own run is one seed, so at least 1")
     names = [n for n in args.datasets.split(",") if n]
     unknown = [n for n in names if n not in DATASETS]
     if unknown:
@@ -223,6 +247,8 @@ def main(argv: list[str] | None = None) -> int:
         return ["--device", args.device, "--seed", str(seed), "--no-progress"]
     common = run_options(args.seed)
     cache = ["--feature-cache", os.path.join(out, "feature-cache")]
+    frozen = [p for p in FROZEN if p in chosen]
+    transfer_sources = {s for s, t in TRANSFERS if "transfer" in chosen and s in names and t in names}
     ok = True
     for name in names:
         data = os.path.join(out, "data", name)
@@ -245,20 +271,39 @@ def main(argv: list[str] | None = None) -> int:
                                   os.path.isfile(os.path.join(run, "results.json")), budget,
                                   [command, "--preset", "tiny", "--data", data, "--checkpoint", checkpoint,
                                    "--random-baseline", "--run-dir", run, *options, *run_options(args.seed + seed)])
+        for seed in range(1, args.frozen_seeds):  # another pretraining, random init and probe
+            if not frozen and name not in transfer_sources:
+                continue
+            pretrained = _seed_folder("pretrain", seed)
+            ok = ok and _pretrain_step(out, name, data, run_options(args.seed + seed), budget, args.pretrain_epochs,
+                                       args.pretrain_set, pretrained)
+            for run_name in frozen:
+                command, options = PROTOCOLS[run_name]
+                run = os.path.join(out, _seed_folder(run_name, seed), name)
+                ok = ok and _step(f"{run_name} {name} seed {args.seed + seed}",
+                                  os.path.isfile(os.path.join(run, "results.json")), budget,
+                                  [command, "--preset", "tiny", "--data", data, "--checkpoint",
+                                   os.path.join(out, pretrained, name), "--random-baseline", "--run-dir", run,
+                                   *options, *cache, *run_options(args.seed + seed)])
     for source, target in TRANSFERS:
-        if ok and "transfer" in chosen and source in names and target in names:
-            run = os.path.join(out, "transfer", f"{source}-to-{target}")
-            ok = _step(f"transfer {source} -> {target}", os.path.isfile(os.path.join(run, "results.json")), budget,
-                       ["transfer", "--preset", "tiny", "--data", os.path.join(out, "data", target), "--checkpoint",
-                        os.path.join(out, "pretrain", source), "--random-baseline", "--standardize",
-                        "--run-dir", run, *cache, *common])
+        for seed in range(args.frozen_seeds):
+            if ok and "transfer" in chosen and source in names and target in names:
+                run = os.path.join(out, _seed_folder("transfer", seed), f"{source}-to-{target}")
+                label = f"transfer {source} -> {target}" + (f" seed {args.seed + seed}" if seed else "")
+                ok = _step(label, os.path.isfile(os.path.join(run, "results.json")), budget,
+                           ["transfer", "--preset", "tiny", "--data", os.path.join(out, "data", target),
+                            "--checkpoint", os.path.join(out, _seed_folder("pretrain", seed), source),
+                            "--random-baseline", "--standardize", "--run-dir", run, *cache,
+                            *run_options(args.seed + seed)])
     reports = [read_report(run) for run in _protocol_runs(out)]
     table = merge_tables(reports) if reports else "(no results yet)\n"
     summary = "\n".join(["# Accuracy on real data (tiny preset)", "", table,
                          f"## Semi-supervised 10% and fine-tuning over {args.seeds} seeds", "",
                          *_seeds_table(out, names, args.seeds),
                          *(["", noise] if (noise := _seed_noise(out, names, args.seeds)) else []),
-                         "", "## Pretrained against random init", "", *_verdicts(out, names, args.seeds), ""])
+                         *_frozen_seeds_section(out, names, args.frozen_seeds),
+                         "", "## Pretrained against random init", "",
+                         *_verdicts(out, names, args.seeds, args.frozen_seeds), ""])
     atomic_write(os.path.join(out, "summary.md"), lambda f: f.write(summary), mode="w")
     save_json({"complete": ok, "runs": len(reports)}, os.path.join(out, "status.json"))
     print(summary)

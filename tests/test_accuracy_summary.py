@@ -23,7 +23,7 @@ def _result(out, folder, name, pretrained, random):
     run.mkdir(parents=True)
     rows = [{"encoder": "pretrained", "stream": "joint", "top1": pretrained, "top5": 99.0},
             {"encoder": "random init", "stream": "joint", "top1": random, "top5": 99.0}]
-    protocol = next(p for p in ("semi", "finetune", "knn", "linear") if folder.startswith(p))
+    protocol = next(p for p in ("semi", "finetune", "knn", "linear", "transfer") if folder.startswith(p))
     (run / "results.json").write_text(json.dumps({"protocol": protocol, "data": name, "rows": rows}))
 
 
@@ -77,3 +77,49 @@ def test_pretrain_set_reaches_a_new_pretraining_and_not_a_resumed_one(accuracy, 
     (tmp_path / "pretrain" / "ucla" / "checkpoints" / "last.pt").write_bytes(b"")
     accuracy._pretrain_step(str(tmp_path), "ucla", "DATA", ["--seed", "0"], budget, None, sets)
     assert calls[-1] == ["pretrain", "--resume", str(tmp_path / "pretrain" / "ucla"), "--seed", "0"]
+
+
+def test_frozen_seeds_pretrain_again_and_probe_each_pretraining(accuracy, tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(accuracy, "scdfast", lambda args: calls.append(args) or 0)
+    assert accuracy.main(["--out", str(tmp_path), "--datasets", "nw_ucla,msr_action3d",
+                          "--protocols", "knn,transfer", "--frozen-seeds", "2", "--seed", "5"]) == 0
+    assert [c[0] for c in calls] == ["prepare", "pretrain", "knn", "pretrain", "knn"] * 2 + ["transfer"] * 2
+    option = lambda args, name: args[args.index(name) + 1]  # noqa: E731
+    second_pretraining = str(tmp_path / "pretrain-seed1" / "nw_ucla")
+    assert option(calls[3], "--run-dir") == second_pretraining and option(calls[3], "--seed") == "6"
+    assert option(calls[4], "--checkpoint") == second_pretraining and option(calls[4], "--seed") == "6"
+    assert option(calls[4], "--run-dir") == str(tmp_path / "knn-seed1" / "nw_ucla")
+    assert option(calls[-1], "--checkpoint") == second_pretraining
+    assert option(calls[-1], "--run-dir") == str(tmp_path / "transfer-seed1" / "nw_ucla-to-msr_action3d")
+    assert option(calls[-2], "--seed") == "5" and option(calls[-1], "--seed") == "6"
+    # without a frozen protocol or a transfer from it, a dataset gets no second pretraining
+    calls.clear()
+    accuracy.main(["--out", str(tmp_path / "b"), "--datasets", "msr_action3d", "--protocols", "semi10",
+                   "--seeds", "1", "--frozen-seeds", "3"])
+    assert [c[0] for c in calls] == ["prepare", "pretrain", "semi"]
+    calls.clear()  # a transfer whose target is not run: no second pretraining of its source either
+    accuracy.main(["--out", str(tmp_path / "c"), "--datasets", "nw_ucla", "--protocols", "transfer",
+                   "--frozen-seeds", "2"])
+    assert [c[0] for c in calls] == ["prepare", "pretrain"]
+
+
+def test_frozen_probes_and_transfers_are_judged_on_their_pretraining_seeds_mean(accuracy, tmp_path):
+    # knn: 50 / 60 at the table's seed, 58 / 52 and 60 / 50 at two more pretrainings (mean 56.0 / 54.0)
+    for folder, pre, rand in (("knn", 50.0, 60.0), ("knn-seed1", 58.0, 52.0), ("knn-seed2", 60.0, 50.0)):
+        _result(tmp_path, folder, "nw_ucla", pre, rand)
+    for folder, pre, rand in (("transfer", 70.0, 71.0), ("transfer-seed1", 69.0, 72.0)):
+        _result(tmp_path, folder, "nw_ucla-to-msr_action3d", pre, rand)
+    names = ["nw_ucla", "msr_action3d"]
+    verdicts = accuracy._verdicts(str(tmp_path), names, 3, 3)[2:]
+    lines = {line.split(" | ")[1] + line.split(" | ")[0]: line for line in verdicts}
+    assert "| 56.0 | 54.0 | +2.0 | pretrained beats random init |" in lines["knn (mean of 3 seeds)| nw_ucla"]
+    transfer = lines["transfer (mean of 2 seeds)| nw_ucla-to-msr_action3d"]
+    assert "| 69.5 | 71.5 | -2.0 | **random init ahead** |" in transfer
+    # the table's own seed alone reads the other way
+    one = {line.split(" | ")[1]: line for line in accuracy._verdicts(str(tmp_path), names, 3, 1)[2:]}
+    assert "| 50.0 | 60.0 | -10.0 | **random init ahead** |" in one["knn"]
+    section = accuracy._frozen_seeds_section(str(tmp_path), names, 3)
+    assert "| nw_ucla | knn | 3 | 56.0 (50.0-60.0) | 54.0 (50.0-60.0) |" in section
+    assert "| nw_ucla-to-msr_action3d | transfer | 2 | 69.5 (69.0-70.0) | 71.5 (71.0-72.0) |" in section
+    assert accuracy._frozen_seeds_section(str(tmp_path), names, 1) == []
