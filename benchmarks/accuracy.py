@@ -168,7 +168,7 @@ def _frozen_seeds_section(out: str, names: list[str], frozen_seeds: int) -> list
     """The frozen probes and transfer rows over their pretraining seeds, where there are several."""
     if frozen_seeds < 2:
         return []
-    rows = _seeds_table(out, names, frozen_seeds, ("linear-standardized", "knn"))
+    rows = _seeds_table(out, names, frozen_seeds, tuple(p for p in HEADLINE if p in FROZEN))
     rows += _seeds_table(out, _transfer_names(names), frozen_seeds, ("transfer",))[2:]
     return ["", f"## Frozen probes and transfer over {frozen_seeds} pretraining seeds", "", *rows]
 

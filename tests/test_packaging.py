@@ -71,9 +71,9 @@ def test_every_module_an_extra_brings_is_in_that_extra():
 
 
 # docs/design.md's table: a package may import only packages of lower layers
-LAYERS = [("errors",), ("fileio", "extras", "hostmem"), ("data",), ("graph", "config"), ("settings",), ("kernels",), ("losses",),
-          ("nn",), ("augment", "models"), ("compat",), ("train",), ("evaluation",), ("doctor",), ("cli",),
-          ("__main__", "")]
+LAYERS = [("errors",), ("fileio", "extras", "hostmem"), ("data",), ("graph", "config"), ("settings",), ("kernels",),
+          ("losses",), ("nn",), ("augment", "models"), ("compat",), ("train",), ("evaluation",), ("doctor",),
+          ("cli",), ("__main__", "")]
 
 
 def _package(module: str) -> str:
