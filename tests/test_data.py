@@ -31,6 +31,18 @@ def test_layout_and_determinism(synthetic):
     assert np.isfinite(s.data).all()
 
 
+def test_bodies_are_posed_alike_whatever_the_chunk(monkeypatch):
+    """The generator poses a chunk of samples' bodies in one call; the arrays must not depend on
+    where the chunks fall (cached features are keyed by GENERATOR_VERSION, not by the chunk)."""
+    import scdfast.data.synthetic as synthetic
+
+    chunked = generate(70, seed=11, two_body_fraction=0.5)
+    monkeypatch.setattr(synthetic, "_CHUNK", 1)
+    one_at_a_time = generate(70, seed=11, two_body_fraction=0.5)
+    np.testing.assert_array_equal(chunked.data, one_at_a_time.data)
+    np.testing.assert_array_equal(chunked.num_frames, one_at_a_time.num_frames)
+
+
 def test_bones_are_rigid_up_to_sensor_noise(synthetic):
     x = synthetic.data[0, :, : synthetic.num_frames[0], :, 0]                      # C, T, V
     lengths = np.stack([np.linalg.norm(x[:, :, c] - x[:, :, p], axis=0) for c, p in EDGES])  # E, T

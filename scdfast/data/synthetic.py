@@ -153,12 +153,15 @@ def _rot_z(angle: np.ndarray) -> np.ndarray:
 
 
 def _pose(a: dict[str, np.ndarray], size: np.ndarray) -> np.ndarray:
-    """Forward kinematics: (T, 25, 3) joint positions in the body frame (x left, y up, z forward)."""
+    """Forward kinematics: (F, 25, 3) joint positions in the body frame (x left, y up, z forward)
+    of F frames, from (F,) angle trajectories and (F, 11) body proportions. Every operation is
+    per frame, so the frames of many bodies are posed in one call."""
     t = a["bend"].shape[0]
-    (torso, neck, head, shoulder_w, upper_arm, forearm, hand, hip_w, thigh, shank, foot) = size
+    (torso, neck, head, shoulder_w, upper_arm, forearm, hand, hip_w, thigh, shank, foot) = np.split(size, 11, axis=1)
+    zero = np.zeros_like(torso)
     pos = np.zeros((t, NUM_JOINTS, 3))
     # upper body rotates about the pelvis: twist (y), bend forward (x), lean sideways (z)
-    upper = _rot_y(a["twist"]) @ _rot_x(-a["bend"]) @ _rot_z(a["lean"])                   # T, 3, 3
+    upper = _rot_y(a["twist"]) @ _rot_x(-a["bend"]) @ _rot_z(a["lean"])                   # F, 3, 3
     up = upper[..., 1]
     pos[:, SPINE_MID] = 0.5 * torso * up
     pos[:, SPINE_SHOULDER] = torso * up
@@ -167,7 +170,8 @@ def _pose(a: dict[str, np.ndarray], size: np.ndarray) -> np.ndarray:
     for side, sign, joints in (("l", 1.0, (L_SHOULDER, L_ELBOW, L_WRIST, L_HAND, L_TIP, L_THUMB)),
                                ("r", -1.0, (R_SHOULDER, R_ELBOW, R_WRIST, R_HAND, R_TIP, R_THUMB))):
         sh, el, wr, hd, tip, th = joints
-        pos[:, sh] = pos[:, SPINE_SHOULDER] + (upper @ np.array([sign * shoulder_w, -0.03, 0.0]))
+        offset = np.concatenate([sign * shoulder_w, zero - 0.03, zero], 1)
+        pos[:, sh] = pos[:, SPINE_SHOULDER] + (upper @ offset[:, :, None])[..., 0]
         elev, azim = a[f"{side}_elev"], a[f"{side}_azim"]
         local = np.stack([sign * np.sin(elev) * np.cos(azim), -np.cos(elev), np.sin(elev) * np.sin(azim)], -1)
         arm_dir = np.einsum("tij,tj->ti", upper, local)
@@ -183,7 +187,7 @@ def _pose(a: dict[str, np.ndarray], size: np.ndarray) -> np.ndarray:
     for side, sign, joints in (("l", 1.0, (L_HIP, L_KNEE, L_ANKLE, L_FOOT)),
                                ("r", -1.0, (R_HIP, R_KNEE, R_ANKLE, R_FOOT))):
         hp, kn, an, ft = joints
-        pos[:, hp] = np.array([sign * hip_w, -0.06, 0.0])
+        pos[:, hp] = np.concatenate([sign * hip_w, zero - 0.06, zero], 1)
         flex, abd, knee = a[f"{side}_hip"], a[f"{side}_abd"], a[f"{side}_knee"]
         thigh_dir = _unit(np.stack([sign * np.sin(abd), -np.cos(flex), np.sin(flex)], -1))
         shank_dir = _unit(np.stack([sign * np.sin(abd), -np.cos(flex - knee), np.sin(flex - knee)], -1))
@@ -197,11 +201,13 @@ def _pose(a: dict[str, np.ndarray], size: np.ndarray) -> np.ndarray:
     return pos
 
 
+_CHUNK = 64
 _REST_SIZE = np.array([0.45, 0.1, 0.15, 0.18, 0.28, 0.25, 0.08, 0.1, 0.42, 0.40, 0.12])
 
 
-def _body(label: int, num_frames: int, rng: np.random.Generator) -> np.ndarray:
-    """(T, 25, 3) positions of one body performing `label` (or idling when label < 0)."""
+def _draw_body(label: int, num_frames: int, rng: np.random.Generator) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """One body performing `label` (or idling when label < 0): its (T,) angle trajectories and
+    (11,) proportions."""
     size = _REST_SIZE * rng.uniform(0.85, 1.15) * rng.uniform(0.93, 1.07, size=_REST_SIZE.shape)
     cycles = rng.uniform(1.0, 3.0) * max(num_frames, 40) / 120.0
     phase = rng.uniform(0, 2 * np.pi) + 2 * np.pi * cycles * np.arange(num_frames) / num_frames
@@ -211,17 +217,26 @@ def _body(label: int, num_frames: int, rng: np.random.Generator) -> np.ndarray:
         a["twist"] = np.radians(10) * np.sin(0.3 * phase)
     else:
         a = _angles(label, phase, amp, rng)
-    return _pose(a, size)
+    return a, size
 
 
-def _place(body: np.ndarray, rng: np.random.Generator, offset_x: float) -> np.ndarray:
+@dataclass
+class _Placement:
     """Body frame -> camera frame (x right, y up, z away): facing the camera, turned by a
     random viewpoint angle, at a random position, with sensor noise."""
-    yaw = np.pi + rng.uniform(-np.pi / 4, np.pi / 4)
-    rot = _rot_y(np.array(yaw))
-    out = body @ rot.T
-    out = out + np.array([offset_x + rng.uniform(-0.4, 0.4), rng.uniform(-0.9, -0.6), rng.uniform(2.5, 3.8)])
-    return out + rng.normal(0.0, 0.01, size=out.shape)
+
+    rotation: np.ndarray   # (3, 3)
+    shift: np.ndarray      # (3,)
+    noise: np.ndarray      # (T, 25, 3)
+
+    @classmethod
+    def draw(cls, num_frames: int, rng: np.random.Generator, offset_x: float) -> _Placement:
+        rotation = _rot_y(np.array(np.pi + rng.uniform(-np.pi / 4, np.pi / 4)))
+        shift = np.array([offset_x + rng.uniform(-0.4, 0.4), rng.uniform(-0.9, -0.6), rng.uniform(2.5, 3.8)])
+        return cls(rotation, shift, rng.normal(0.0, 0.01, size=(num_frames, NUM_JOINTS, 3)))
+
+    def apply(self, body: np.ndarray) -> np.ndarray:
+        return body @ self.rotation.T + self.shift + self.noise
 
 
 # The bodies are posed on NTU's 25 joints; the other built-in layouts take the NTU joints at
@@ -260,16 +275,29 @@ def generate(num_samples: int, seed: int = 0, num_classes: int = NUM_CLASSES,
     rng.shuffle(labels)
     data = np.zeros((num_samples, 3, MAX_FRAMES, NUM_JOINTS, NUM_BODIES), dtype=np.float32)
     num_frames = rng.integers(min_frames, max_frames + 1, size=num_samples)
-    for i in range(num_samples):
-        t = int(num_frames[i])
-        two = rng.random() < two_body_fraction
-        actor_x = rng.uniform(-0.5, -0.2) if two else 0.0
-        data[i, :, :t, :, 0] = _place(_body(int(labels[i]), t, rng), rng, actor_x).transpose(2, 0, 1)
-        if two:
-            data[i, :, :t, :, 1] = _place(_body(-1, t, rng), rng, -actor_x + 0.5).transpose(2, 0, 1)
-        # Start at the origin, as every importer writes its sequences: the augmentations rotate
-        # and shear about the origin, so a body left 3 m away would be swung across the room.
-        data[i, :, :t] = centred(data[i, :, :t].transpose(1, 3, 2, 0), NTU25).transpose(3, 0, 2, 1)
+    # Draw every random number in sample order, a chunk of samples at a time; then pose the
+    # chunk's bodies in one call (the per-frame kinematics of many small arrays were 40% of the time).
+    for first in range(0, num_samples, _CHUNK):
+        bodies = []  # (sample, body slot, angles, proportions, placement)
+        for i in range(first, min(first + _CHUNK, num_samples)):
+            t = int(num_frames[i])
+            two = rng.random() < two_body_fraction
+            actor_x = rng.uniform(-0.5, -0.2) if two else 0.0
+            bodies.append((i, 0, *_draw_body(int(labels[i]), t, rng), _Placement.draw(t, rng, actor_x)))
+            if two:
+                bodies.append((i, 1, *_draw_body(-1, t, rng), _Placement.draw(t, rng, -actor_x + 0.5)))
+        samples, slots, angles, sizes, placements = zip(*bodies)
+        frames = [len(placement.noise) for placement in placements]
+        poses = _pose({key: np.concatenate([a[key] for a in angles]) for key in angles[0]},
+                      np.concatenate([np.broadcast_to(size, (f, len(size))) for size, f in zip(sizes, frames)]))
+        sequences = {i: np.zeros((int(num_frames[i]), NUM_BODIES, NUM_JOINTS, 3), np.float32)
+                     for i in range(first, min(first + _CHUNK, num_samples))}
+        for i, slot, placement, pose in zip(samples, slots, placements, np.split(poses, np.cumsum(frames)[:-1])):
+            sequences[i][:, slot] = placement.apply(pose)
+        for i, sequence in sequences.items():
+            # Start at the origin, as every importer writes its sequences: the augmentations rotate
+            # and shear about the origin, so a body left 3 m away would be swung across the room.
+            data[i, :, :len(sequence)] = centred(sequence, NTU25).transpose(3, 0, 2, 1)
     if layout.name != "ntu25":
         data = np.ascontiguousarray(data[:, :, :, list(LAYOUT_JOINTS[layout.name])])
     return SkeletonSet(data=data, num_frames=num_frames.astype(np.int64), labels=labels.astype(np.int64),
