@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 
 import numba
+import numpy as np
 from numba import cuda
 
 from scdfast.augment.counter_rng import make_uniform
@@ -29,13 +30,15 @@ TEMPORAL_SEGMENTS = 16
 MASKED_SEGMENTS = 6
 MASK_SEED_JOINTS = 5
 
-# Slots of the counter-based generator, per view.
-SLOT_RATIO, SLOT_START = 0, 1
-SLOT_ROTATE, SLOT_AXIS, SLOT_DEGREES = 2, 3, 4              # 3 angle slots: 4, 5, 6
-SLOT_FLIP = 7
-SLOT_SHEAR, SLOT_SHEAR_VALUES = 8, 9                         # 6 value slots: 9..14
-SLOT_SPATIAL, SLOT_SEEDS = 15, 16                            # 5 seed slots: 16..20
-SLOT_TEMPORAL, SLOT_SEGMENTS = 21, 22                        # 16 segment slots: 22..37
+# Slots of the counter-based generator, per view. NumPy integers, not Python ints: Numba types a
+# Python int constant as a literal and compiles a helper once for each distinct value it is passed
+# (`uniform` was compiled 9 times, `lerp` 6 and `rotate_rows` 3: a second of every process).
+SLOT_RATIO, SLOT_START = np.int64(0), np.int64(1)
+SLOT_ROTATE, SLOT_AXIS, SLOT_DEGREES = np.int64(2), np.int64(3), np.int64(4)       # 3 angle slots: 4, 5, 6
+SLOT_FLIP = np.int64(7)
+SLOT_SHEAR, SLOT_SHEAR_VALUES = np.int64(8), np.int64(9)                            # 6 value slots: 9..14
+SLOT_SPATIAL, SLOT_SEEDS = np.int64(15), np.int64(16)                               # 5 seed slots: 16..20
+SLOT_TEMPORAL, SLOT_SEGMENTS = np.int64(21), np.int64(22)                           # 16 segment slots: 22..37
 
 THREADS_PER_BLOCK = 256
 
@@ -86,12 +89,8 @@ def _build(device_jit, kernel_jit, parallel_range, on_gpu):
                 angle = math.pi / 180.0 * degrees[b, axis]
                 c = math.cos(angle)
                 s = math.sin(angle)
-                if axis == 0:
-                    rotate_rows(matrix, b, 1, 2, c, s)
-                elif axis == 1:
-                    rotate_rows(matrix, b, 0, 2, c, -s)
-                else:
-                    rotate_rows(matrix, b, 0, 1, c, s)
+                # about x: rows (1, 2); about y: rows (0, 2), the angle's sign turned; about z: rows (0, 1)
+                rotate_rows(matrix, b, 1 if axis == 0 else 0, 1 if axis == 2 else 2, c, -s if axis == 1 else s)
         flip[b] = 1 if uniform(key, vid, SLOT_FLIP) < probability else 0
         if uniform(key, vid, SLOT_SHEAR) < probability:
             # ones on the diagonal, the six off-diagonals U[-1, 1] in row-major order
@@ -142,8 +141,11 @@ def _build(device_jit, kernel_jit, parallel_range, on_gpu):
                 needed -= 1
 
     @device_jit
-    def lerp(x, n, c, f0, f1, w, u, m):
-        return (1.0 - w) * x[n, c, f0, u, m] + w * x[n, c, f1, u, m]
+    def lerp(x, n, f0, f1, w, u, m):
+        # the three channels of joint u between source frames f0 and f1
+        return ((1.0 - w) * x[n, 0, f0, u, m] + w * x[n, 0, f1, u, m],
+                (1.0 - w) * x[n, 1, f0, u, m] + w * x[n, 1, f1, u, m],
+                (1.0 - w) * x[n, 2, f0, u, m] + w * x[n, 2, f1, u, m])
 
     @device_jit
     def render_span(x, index, start, length, matrix, flip, joint_mask, segment_mask, perm, parent,
@@ -186,20 +188,20 @@ def _build(device_jit, kernel_jit, parallel_range, on_gpu):
             u = perm[v] if flipped else v
             p = parent[u]
             for m in range(m_lo, m_hi):
-                a0 = lerp(x, n, 0, f0, f1, w, u, m)
-                a1 = lerp(x, n, 1, f0, f1, w, u, m)
-                a2 = lerp(x, n, 2, f0, f1, w, u, m)
+                a0, a1, a2 = lerp(x, n, f0, f1, w, u, m)
                 # planar: channel 2 is the score, which the streams carry as the joint's own
                 if representation == MOTION:
-                    a0 = lerp(x, n, 0, g0, g1, w_next, u, m) - a0
-                    a1 = lerp(x, n, 1, g0, g1, w_next, u, m) - a1
+                    b0, b1, b2 = lerp(x, n, g0, g1, w_next, u, m)
+                    a0 = b0 - a0
+                    a1 = b1 - a1
                     if planar == 0:
-                        a2 = lerp(x, n, 2, g0, g1, w_next, u, m) - a2
+                        a2 = b2 - a2
                 elif representation == BONE:
-                    a0 -= lerp(x, n, 0, f0, f1, w, p, m)
-                    a1 -= lerp(x, n, 1, f0, f1, w, p, m)
+                    b0, b1, b2 = lerp(x, n, f0, f1, w, p, m)
+                    a0 -= b0
+                    a1 -= b1
                     if planar == 0:
-                        a2 -= lerp(x, n, 2, f0, f1, w, p, m)
+                        a2 -= b2
                 out[b, 0, t, v, m] = m00 * a0 + m01 * a1 + m02 * a2
                 out[b, 1, t, v, m] = m10 * a0 + m11 * a1 + m12 * a2
                 out[b, 2, t, v, m] = m20 * a0 + m21 * a1 + m22 * a2
