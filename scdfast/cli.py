@@ -336,7 +336,7 @@ def _run_pretrain(args: argparse.Namespace) -> None:
     from scdfast.data import load_dataset
     from scdfast.data.dataset import model_shape
     from scdfast.train.device import resolve_device
-    from scdfast.train.pretrain import load_resume_state, pretrain
+    from scdfast.train.pretrain import compile_views_ahead, load_resume_state, pretrain
     from scdfast.train.rundir import RunDir
 
     resume = None
@@ -356,6 +356,8 @@ def _run_pretrain(args: argparse.Namespace) -> None:
         config = preset(args.preset, PretrainConfig, **{**merged("pretrain", file), **flags, **merged("pretrain", sets)})
         data = _data_source(args.data)
     device = resolve_device(args.device)
+    if is_synthetic(data):  # generated for seconds: compile the view kernels beside it
+        compile_views_ahead(config, device)
     train, _ = load_dataset(data, seed=config.seed)
     if not args.resume:  # the dataset fixes joints, bodies and layout
         shape = model_shape(train)

@@ -5,6 +5,8 @@ kernels (run by Numba's CUDA simulator) equal `make_views` to 1e-5. Distribution
 the kernels' counter-based generator, every drawn quantity follows the rule of SCDNET.md,
 checked against the reference's draws with enough views to catch a wrong rule.
 """
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -275,3 +277,35 @@ def test_planar_views_turn_the_image_plane_and_keep_the_score(rng, representatio
         if representation == "motion":
             score[-1] = 0
         np.testing.assert_allclose(views[i, 2], score, **TOLERANCE)
+
+
+_AHEAD_SCRIPT = """
+import numpy as np, torch
+from scdfast.augment import batched, fused
+from scdfast.data.synthetic import generate
+batched.compile_cpu_kernels_ahead().join()
+compiled = (len(fused.plan_cpu.overloads), len(fused.render_cpu.overloads))
+data = generate(6, seed=0)
+np.save("data.npy", data.data)
+index = np.array([0, 3, 5, 0, 3, 5])
+nf = data.num_frames.astype(np.int32)
+cases = [("ntu25", data.data), ("ntu25", np.load("data.npy", mmap_mode="r")), ("ntu25", torch.from_numpy(data.data)),
+         ("kinect20", np.ascontiguousarray(data.data[:, :, :, :20]))]
+for layout, x in cases:
+    batched.BatchAugmenter(32, representation="bone", layout=layout)(x, nf, index, 7)
+print(*compiled, len(fused.plan_cpu.overloads), len(fused.render_cpu.overloads))
+"""
+
+
+def test_kernels_compiled_ahead_are_the_ones_launches_use(tmp_path):
+    """`compile_cpu_kernels_ahead` is only worth its thread if the launches that follow find
+    their kernels compiled: in a fresh process, views of a writable array, a memory-mapped
+    (read-only) one, a CPU tensor and another layout compile nothing more."""
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_ENABLE_CUDASIM"}
+    out = subprocess.run([sys.executable, "-c", _AHEAD_SCRIPT], cwd=tmp_path, env=env, capture_output=True,
+                         text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["1", "1", "1", "1"], out.stdout  # plan and render compiled ahead, then after

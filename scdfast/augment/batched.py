@@ -9,6 +9,7 @@ NumPy reference's draws into a plan, so both paths can be checked against the re
 """
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, fields
 
 import numpy as np
@@ -108,6 +109,43 @@ def _kernel_array(x):
     return x
 
 
+def _read_only(x):
+    """The skeleton array as the CPU render kernel reads it: a read-only NumPy view. Numba
+    compiles a kernel once per argument type, and writable and read-only (memory-mapped)
+    arrays are different types; one type for both means one compile, which
+    `compile_cpu_kernels_ahead` can make before the data are loaded."""
+    if isinstance(x, np.ndarray) and x.flags.writeable:
+        x = x.view()
+        x.flags.writeable = False
+    return x
+
+
+_ahead: threading.Thread | None = None
+
+
+def compile_cpu_kernels_ahead() -> threading.Thread:
+    """Compile the CPU plan and render kernels on a background thread, once a process, and
+    return it. A first launch compiles them for about 4 s; started before the data are loaded
+    and the model is built, much of that runs beside them (LLVM's work holds no GIL). A
+    launch that comes first waits for it under Numba's compiler lock; a failure here is left
+    for that launch to report. The thread is not a daemon: a process that ends while LLVM
+    compiles aborts, so one that fails early waits for it before exiting."""
+    global _ahead
+    if _ahead is None:
+        def compile_both():
+            try:
+                augmenter = BatchAugmenter(fused.TEMPORAL_SEGMENTS, backend="cpu")
+                augmenter.compile_only = True
+                data = np.zeros((1, 3, 1, augmenter.num_joints, 1), np.float32)
+                index = np.zeros(2, np.int64)
+                augmenter.render(data, index, augmenter.plan(np.ones(1, np.int32), index, 0))
+            except Exception:  # noqa: BLE001 - the first real launch compiles and raises it
+                pass
+        _ahead = threading.Thread(target=compile_both, name="scdfast-compile-ahead")
+        _ahead.start()
+    return _ahead
+
+
 class BatchAugmenter:
     """SCD-Net's pretraining views for whole batches, from a counter-based generator.
 
@@ -137,6 +175,7 @@ class BatchAugmenter:
         self.layout = get_layout(layout)
         self.num_joints = self.layout.num_joints
         self._constants_by_device: dict[str, tuple] = {}
+        self.compile_only = False  # launches compile the CPU kernels for their arguments and run nothing
 
     # ---- layout constants, one copy per device --------------------------------------------
     def _constants(self, device: torch.device) -> tuple:
@@ -201,8 +240,9 @@ class BatchAugmenter:
         out = torch.empty((index.shape[0], 3, self.window, data.shape[3], data.shape[4]), dtype=torch.float32,
                           device=device)
         perm, parent, _ = self._constants(device)
+        source = _read_only(_kernel_array(data)) if self._on_cpu(device) else data
         self._launch(fused.render_cuda, fused.render_cpu, out[:, 0].numel(), device,
-                     (data, index, plan.start, plan.length, plan.matrix, plan.flip, plan.joint_mask,
+                     (source, index, plan.start, plan.length, plan.matrix, plan.flip, plan.joint_mask,
                       plan.segment_mask, perm, parent, self.representation, int(self.layout.planar), out))
         return out
 
@@ -210,10 +250,16 @@ class BatchAugmenter:
         self.check(data, num_frames, index, validate_values=validate)
         return self.render(data, index, self.plan(num_frames, index, step, view_ids))
 
+    def _on_cpu(self, device: torch.device) -> bool:
+        return self.backend == "cpu" or (self.backend == "auto" and device.type != "cuda")
+
     def _launch(self, cuda_kernel, cpu_kernel, threads: int, device: torch.device, args: tuple) -> None:
         args = tuple(_kernel_array(a) for a in args)
-        if self.backend == "cpu" or (self.backend == "auto" and device.type != "cuda"):
-            cpu_kernel(*args)
+        if self._on_cpu(device):
+            if self.compile_only:
+                cpu_kernel.compile(tuple(cpu_kernel.typeof_pyval(a) for a in args))
+            else:
+                cpu_kernel(*args)
             return
         config = (fused.blocks_for(threads), fused.THREADS_PER_BLOCK)
         if device.type == "cuda":

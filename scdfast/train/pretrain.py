@@ -11,6 +11,7 @@ import os
 
 import torch
 
+from scdfast.augment.batched import compile_cpu_kernels_ahead
 from scdfast.compat import check_state, read_checkpoint, require_fields
 from scdfast.config import PretrainConfig, SCDConfig, from_dict
 from scdfast.data import SkeletonSet
@@ -57,6 +58,12 @@ def load_resume_state(run_dir: str) -> dict:
     return state
 
 
+def compile_views_ahead(config: PretrainConfig, device: torch.device) -> None:
+    """Where the views will come from the CPU kernels, compile them on a thread from now on."""
+    if device.type == "cpu" and config.augment == "batched":
+        compile_cpu_kernels_ahead()
+
+
 def pretrain(model_config: SCDConfig, config: PretrainConfig, train: SkeletonSet, run_dir: str,
              device: torch.device, progress: bool = True, resume: dict | None = None,
              data: str = "synthetic") -> PretrainResult | None:
@@ -68,4 +75,5 @@ def pretrain(model_config: SCDConfig, config: PretrainConfig, train: SkeletonSet
         check_same_dataset(resume, dataset_identity(train, data))
         if resume["step"] >= steps_per_epoch(model_config, config, train) * config.epochs:
             return None
+    compile_views_ahead(config, device)
     return Trainer(model_config, config, train, run_dir, device, progress, resume, data).run()
