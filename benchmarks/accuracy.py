@@ -286,15 +286,16 @@ def main(argv: list[str] | None = None) -> int:
                                    os.path.join(out, pretrained, name), "--random-baseline", "--run-dir", run,
                                    *options, *cache, *run_options(args.seed + seed)])
     for source, target in TRANSFERS:
+        if source not in transfer_sources or target not in names:
+            continue
         for seed in range(args.frozen_seeds):
-            if ok and "transfer" in chosen and source in names and target in names:
-                run = os.path.join(out, _seed_folder("transfer", seed), f"{source}-to-{target}")
-                label = f"transfer {source} -> {target}" + (f" seed {args.seed + seed}" if seed else "")
-                ok = _step(label, os.path.isfile(os.path.join(run, "results.json")), budget,
-                           ["transfer", "--preset", "tiny", "--data", os.path.join(out, "data", target),
-                            "--checkpoint", os.path.join(out, _seed_folder("pretrain", seed), source),
-                            "--random-baseline", "--standardize", "--run-dir", run, *cache,
-                            *run_options(args.seed + seed)])
+            run = os.path.join(out, _seed_folder("transfer", seed), f"{source}-to-{target}")
+            label = f"transfer {source} -> {target}" + (f" seed {args.seed + seed}" if seed else "")
+            ok = ok and _step(label, os.path.isfile(os.path.join(run, "results.json")), budget,
+                              ["transfer", "--preset", "tiny", "--data", os.path.join(out, "data", target),
+                               "--checkpoint", os.path.join(out, _seed_folder("pretrain", seed), source),
+                               "--random-baseline", "--standardize", "--run-dir", run, *cache,
+                               *run_options(args.seed + seed)])
     reports = [read_report(run) for run in _protocol_runs(out)]
     table = merge_tables(reports) if reports else "(no results yet)\n"
     summary = "\n".join(["# Accuracy on real data (tiny preset)", "", table,

@@ -135,7 +135,7 @@ def compile_cpu_kernels_ahead() -> threading.Thread:
         def compile_both():
             try:
                 augmenter = BatchAugmenter(fused.TEMPORAL_SEGMENTS, backend="cpu")
-                augmenter.compile_only = True
+                augmenter._compile_only = True
                 data = np.zeros((1, 3, 1, augmenter.num_joints, 1), np.float32)
                 index = np.zeros(2, np.int64)
                 augmenter.render(data, index, augmenter.plan(np.ones(1, np.int32), index, 0))
@@ -175,7 +175,7 @@ class BatchAugmenter:
         self.layout = get_layout(layout)
         self.num_joints = self.layout.num_joints
         self._constants_by_device: dict[str, tuple] = {}
-        self.compile_only = False  # launches compile the CPU kernels for their arguments and run nothing
+        self._compile_only = False  # launches compile the CPU kernels for their arguments and run nothing
 
     # ---- layout constants, one copy per device --------------------------------------------
     def _constants(self, device: torch.device) -> tuple:
@@ -256,7 +256,7 @@ class BatchAugmenter:
     def _launch(self, cuda_kernel, cpu_kernel, threads: int, device: torch.device, args: tuple) -> None:
         args = tuple(_kernel_array(a) for a in args)
         if self._on_cpu(device):
-            if self.compile_only:
+            if self._compile_only:
                 cpu_kernel.compile(tuple(cpu_kernel.typeof_pyval(a) for a in args))
             else:
                 cpu_kernel(*args)
