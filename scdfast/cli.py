@@ -532,16 +532,18 @@ def _run_doctor(args: argparse.Namespace) -> int:
 COMPUTING_COMMANDS = ("pretrain", *(name for name, *_ in _PROTOCOL_PARSERS))
 
 
-def _share_cores_between_ranks() -> None:
+def _share_cores_between_ranks(environ=os.environ, cores: int | None = None) -> None:
     """Under torchrun, give each rank's Numba pool its share of the cores, as torchrun gives
     torch one thread a rank (OMP_NUM_THREADS=1). Numba's default is every core in every rank:
     `torchrun --nproc_per_node 2 ... pretrain` (4 tiny steps) on 2 cores, in the tests'
     environment, ran 97-169 s instead of 24-27 s in four runs of seven; with one Numba thread a
     rank, 17-23 s in eight of eight. Set before Numba is imported; a NUMBA_NUM_THREADS the user
-    set is kept."""
-    ranks = os.environ.get("LOCAL_WORLD_SIZE", "")
+    set is kept. `environ` and `cores` are for the tests: Numba rereads the real environment
+    when it compiles."""
+    ranks = environ.get("LOCAL_WORLD_SIZE", "")
     if ranks.isdigit() and int(ranks) > 1:
-        os.environ.setdefault("NUMBA_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // int(ranks))))
+        cores = cores or os.cpu_count() or 1
+        environ.setdefault("NUMBA_NUM_THREADS", str(max(1, cores // int(ranks))))
 
 
 def main(argv: list[str] | None = None) -> int:
