@@ -309,3 +309,32 @@ def test_kernels_compiled_ahead_are_the_ones_launches_use(tmp_path):
                          text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.split() == ["1", "1", "1", "1"], out.stdout  # plan and render compiled ahead, then after
+
+
+_THREADS_SCRIPT = """
+import numba, numpy as np, torch
+from scdfast.augment import batched
+from scdfast.data.synthetic import generate
+data = generate(4, seed=0)
+before = torch.get_num_threads()
+batched.BatchAugmenter(32)(data.data, data.num_frames.astype(np.int32), np.arange(4), 0)
+print(before, torch.get_num_threads(), numba.threading_layer())
+"""
+
+
+def test_a_cpu_launch_leaves_torch_its_thread_count(tmp_path):
+    """Numba's OpenMP pool, started by the main thread's first launch (which compiles the
+    render kernel here), set that thread's OpenMP thread count to Numba's, and torch reads its
+    own from there: OMP_NUM_THREADS=1 with a Numba pool of 2 left torch on 2 threads. A fresh
+    process, as only the pool's start does it; under another threading layer (TBB) there is
+    nothing to change."""
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_ENABLE_CUDASIM"}
+    env.update(OMP_NUM_THREADS="1", NUMBA_NUM_THREADS="2")
+    out = subprocess.run([sys.executable, "-c", _THREADS_SCRIPT], cwd=tmp_path, env=env, capture_output=True,
+                         text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    before, after, layer = out.stdout.split()
+    assert (before, after) == ("1", "1"), f"torch threads {before} -> {after} ({layer} threading layer)"

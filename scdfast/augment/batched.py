@@ -9,6 +9,7 @@ NumPy reference's draws into a plan, so both paths can be checked against the re
 """
 from __future__ import annotations
 
+import contextlib
 import threading
 from dataclasses import dataclass, fields
 
@@ -118,6 +119,25 @@ def _read_only(x):
         x = x.view()
         x.flags.writeable = False
     return x
+
+
+@contextlib.contextmanager
+def torch_threads_kept():
+    """Run a CPU kernel launch, then give torch back the intra-op thread count it had before.
+
+    Numba's OpenMP threading layer shares the process's OpenMP runtime with torch, and the
+    thread that starts Numba's pool (the first to compile or run a parallel kernel) gets its
+    OpenMP thread count set to Numba's, where torch reads its own. Unguarded, a run with
+    OMP_NUM_THREADS=1 and Numba's default pool of both cores trained torch on two threads when
+    the main thread compiled the render kernel first and on one when `compile_cpu_kernels_ahead`
+    did: a race, whose two outcomes rounded differently (final losses 27.6728 against 27.6725
+    in 4 steps), and under torchrun oversubscribed the cores."""
+    threads = torch.get_num_threads()
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != threads:
+            torch.set_num_threads(threads)
 
 
 _ahead: threading.Thread | None = None
@@ -259,7 +279,8 @@ class BatchAugmenter:
             if self._compile_only:
                 cpu_kernel.compile(tuple(cpu_kernel.typeof_pyval(a) for a in args))
             else:
-                cpu_kernel(*args)
+                with torch_threads_kept():
+                    cpu_kernel(*args)
             return
         config = (fused.blocks_for(threads), fused.THREADS_PER_BLOCK)
         if device.type == "cuda":
