@@ -532,28 +532,11 @@ def _run_doctor(args: argparse.Namespace) -> int:
 COMPUTING_COMMANDS = ("pretrain", *(name for name, *_ in _PROTOCOL_PARSERS))
 
 
-def _share_cores_between_ranks(environ=os.environ, cores: int | None = None) -> None:
-    """Under torchrun, give each rank's Numba pool its share of the cores, as torchrun gives
-    torch one thread a rank (OMP_NUM_THREADS=1). Numba's default is every core in every rank:
-    `torchrun --nproc_per_node 2 ... pretrain` (4 tiny steps) on 2 cores, in the tests'
-    environment, ran 97-169 s instead of 24-27 s in four runs of seven; with one Numba thread a
-    rank, 17-23 s in eight of eight. The slow runs were torch itself on two threads a rank (67
-    and 198 s with OMP_NUM_THREADS=2), set so when Numba's pool started on the main thread,
-    which `scdfast.augment.batched.torch_threads_kept` now undoes. Set before Numba is imported;
-    a NUMBA_NUM_THREADS the user set is kept. `environ` and `cores` are for the tests: Numba
-    rereads the real environment when it compiles."""
-    ranks = environ.get("LOCAL_WORLD_SIZE", "")
-    if ranks.isdigit() and int(ranks) > 1:
-        cores = cores or os.cpu_count() or 1
-        environ.setdefault("NUMBA_NUM_THREADS", str(max(1, cores // int(ranks))))
-
-
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command in COMPUTING_COMMANDS:
         from scdfast.hostmem import keep_freed_memory
         keep_freed_memory()  # before the first tensor: freed activations stay with the process
-        _share_cores_between_ranks()
     try:
         if args.command == "doctor":
             return _run_doctor(args)

@@ -318,7 +318,7 @@ from scdfast.data.synthetic import generate
 data = generate(4, seed=0)
 before = torch.get_num_threads()
 batched.BatchAugmenter(32)(data.data, data.num_frames.astype(np.int32), np.arange(4), 0)
-print(before, torch.get_num_threads(), numba.threading_layer())
+print(before, torch.get_num_threads(), numba.get_num_threads(), numba.threading_layer())
 """
 
 
@@ -327,7 +327,8 @@ def test_a_cpu_launch_leaves_torch_its_thread_count(tmp_path):
     render kernel here), set that thread's OpenMP thread count to Numba's, and torch reads its
     own from there: OMP_NUM_THREADS=1 with a Numba pool of 2 left torch on 2 threads. A fresh
     process, as only the pool's start does it; under another threading layer (TBB) there is
-    nothing to change."""
+    nothing to change. The launch runs on torch's one thread and leaves Numba's own setting (2)
+    as it was."""
     import subprocess
     import sys
 
@@ -336,5 +337,6 @@ def test_a_cpu_launch_leaves_torch_its_thread_count(tmp_path):
     out = subprocess.run([sys.executable, "-c", _THREADS_SCRIPT], cwd=tmp_path, env=env, capture_output=True,
                          text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]
-    before, after, layer = out.stdout.split()
+    before, after, numba_threads, layer = out.stdout.split()
     assert (before, after) == ("1", "1"), f"torch threads {before} -> {after} ({layer} threading layer)"
+    assert numba_threads == "2", f"Numba's threads left at {numba_threads}"

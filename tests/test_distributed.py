@@ -140,16 +140,3 @@ def test_torchrun_pretrain_end_to_end(tmp_path):
     assert state["step"] == 4
     rows = (run / "steps.csv").read_text().splitlines()
     assert rows[0] == ",".join(STEP_FIELDS) and len(rows) >= 2  # one writer: rank 0
-
-
-def test_each_rank_gets_its_share_of_the_cores_for_the_views():
-    """Under torchrun every rank's Numba pool gets cores / ranks threads (at least one); a
-    NUMBA_NUM_THREADS the user set is kept, and a single process is left alone. On a dict, not
-    os.environ: Numba rereads the environment when it compiles, and a first version of this
-    test, on os.environ, left the suite's Numba pool started with its 4 threads."""
-    from scdfast.cli import _share_cores_between_ranks
-    for environ, want in [({"LOCAL_WORLD_SIZE": "4"}, "4"), ({"LOCAL_WORLD_SIZE": "32"}, "1"),
-                          ({"LOCAL_WORLD_SIZE": "4", "NUMBA_NUM_THREADS": "3"}, "3"),
-                          ({"LOCAL_WORLD_SIZE": "1"}, None), ({}, None)]:
-        _share_cores_between_ranks(environ, cores=16)
-        assert environ.get("NUMBA_NUM_THREADS") == want, environ

@@ -13,6 +13,7 @@ import contextlib
 import threading
 from dataclasses import dataclass, fields
 
+import numba
 import numpy as np
 import torch
 
@@ -122,8 +123,9 @@ def _read_only(x):
 
 
 @contextlib.contextmanager
-def torch_threads_kept():
-    """Run a CPU kernel launch, then give torch back the intra-op thread count it had before.
+def cpu_launch_threads():
+    """Run a CPU kernel launch on as many of Numba's threads as torch may use, then give torch
+    back its own thread count.
 
     Numba's OpenMP threading layer shares the process's OpenMP runtime with torch, and the
     thread that starts Numba's pool (the first to compile or run a parallel kernel) gets its
@@ -131,11 +133,16 @@ def torch_threads_kept():
     OMP_NUM_THREADS=1 and Numba's default pool of both cores trained torch on two threads when
     the main thread compiled the render kernel first and on one when `compile_cpu_kernels_ahead`
     did: a race, whose two outcomes rounded differently (final losses 27.6728 against 27.6725
-    in 4 steps), and under torchrun oversubscribed the cores."""
-    threads = torch.get_num_threads()
+    in 4 steps), and under torchrun oversubscribed the cores. The launch's own width follows
+    torch's, so that torchrun's one thread a rank (or a user's OMP_NUM_THREADS) holds for the
+    views too."""
+    threads = torch.get_num_threads()  # before Numba's pool can start and change it
+    numba_threads = numba.get_num_threads()
+    numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))
     try:
         yield
     finally:
+        numba.set_num_threads(numba_threads)
         if torch.get_num_threads() != threads:
             torch.set_num_threads(threads)
 
@@ -279,7 +286,7 @@ class BatchAugmenter:
             if self._compile_only:
                 cpu_kernel.compile(tuple(cpu_kernel.typeof_pyval(a) for a in args))
             else:
-                with torch_threads_kept():
+                with cpu_launch_threads():
                     cpu_kernel(*args)
             return
         config = (fused.blocks_for(threads), fused.THREADS_PER_BLOCK)
