@@ -62,7 +62,7 @@ def batched_affine(x: torch.Tensor, weight: torch.Tensor, shift: torch.Tensor) -
     return torch.baddbmm(_BatchShift.apply(shift, n, length), weight.unsqueeze(0).expand(n, -1, -1), x)
 
 
-def pointwise(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+def pointwise(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
     """A 1x1 convolution of (N, C, T, V) `x`; on the CPU one batched GEMM, out[n] = W @ x[n] + b
     over the (C, T x V) view of each sample. oneDNN runs these narrow convolutions through layout
     reorders, and the GEMM, reading the NCHW tensor as it lies, made the fp32 step 13% faster
@@ -71,26 +71,7 @@ def pointwise(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) 
         return F.conv2d(x, weight, bias)
     n, c, t, v = x.shape
     out = weight.shape[0]
-    x = x.reshape(n, c, t * v)
-    if bias is None:
-        (weight,) = _autocast_cpu(weight)  # before the expand, as in batched_affine
-        return torch.bmm(weight.view(1, out, c).expand(n, -1, -1), x).view(n, out, t, v)
-    return batched_affine(x, weight.view(out, c), bias.view(out, 1)).view(n, out, t, v)
-
-
-class _ZeroGradient(torch.autograd.Function):
-    """`x` itself, and a zero gradient for `bias`: the bias of a convolution whose training
-    BatchNorm cancels it (`conv_batch_norms`), handed to autograd as the zero it is, so that
-    the optimiser's weight decay and DDP treat the parameter as they would with it added."""
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-        ctx.bias_shape, ctx.bias_dtype = bias.shape, bias.dtype
-        return x.view_as(x)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        return grad, grad.new_zeros(ctx.bias_shape, dtype=ctx.bias_dtype)
+    return batched_affine(x.reshape(n, c, t * v), weight.view(out, c), bias.view(out, 1)).view(n, out, t, v)
 
 
 class _FrameMean(torch.autograd.Function):
@@ -248,9 +229,8 @@ class MultiScaleTemporalConv(nn.Module):
         the input is read once instead of four times."""
         (_, bn0, _, temporal0), (_, bn1, _, temporal1), (_, bn2, _, pool, pool_bn), (_, bn3) = self.branches
         bottlenecks = [branch[0] for branch in self.branches]
-        h = conv_batch_norms(x, torch.cat([c.weight for c in bottlenecks]), torch.cat([c.bias for c in bottlenecks]),
-                             [bn0, bn1, bn2, bn3])
-        h0, h1, h2, h3 = h.split(bn0.num_features, dim=1)
+        h = pointwise(x, torch.cat([c.weight for c in bottlenecks]), torch.cat([c.bias for c in bottlenecks]))
+        h0, h1, h2, h3 = _batch_norms(h, [bn0, bn1, bn2, bn3]).split(bn0.num_features, dim=1)
         # not the branches' in-place ReLUs: h0..h2 are views of one tensor
         branches = [temporal0(F.relu(h0)), temporal1(F.relu(h1)), pool_bn(pool(F.relu(h2)))]
         if x.device.type == "cpu":
@@ -258,27 +238,10 @@ class MultiScaleTemporalConv(nn.Module):
         return torch.cat([*branches, h3], dim=1)
 
 
-def conv_batch_norms(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
-                     norms: list[nn.BatchNorm2d]) -> torch.Tensor:
-    """`norms` (consecutive channel groups, `_batch_norms`) of the 1x1 convolution (weight,
-    bias) of `x`. In training on the CPU the bias is not added: a training BatchNorm subtracts
-    its batch's mean, bias included, so the output and every other gradient are the same
-    without it, and the bias's gradient is zero. Adding it cost a pass over the convolution's
-    output and its gradient a sum over the batch (the tiny bf16 step 2.3% faster without,
-    benchmarks/RESULTS.md); the running means still take it in, as they would have."""
-    first = norms[0]
-    if not (x.device.type == "cpu" and first.training and first.track_running_stats
-            and first.momentum is not None):
-        h = pointwise(x, weight, bias)
-        return first(h) if len(norms) == 1 else _batch_norms(h, norms)
-    h = _ZeroGradient.apply(pointwise(x, weight, None), bias)
-    return _batch_norms(h, norms, mean_shift=bias.detach())
-
-
-def _batch_norms(x: torch.Tensor, norms: list[nn.BatchNorm2d], mean_shift: torch.Tensor | None = None) -> torch.Tensor:
+def _batch_norms(x: torch.Tensor, norms: list[nn.BatchNorm2d]) -> torch.Tensor:
     """`norms` applied to consecutive channel groups of `x`, as one batch_norm call over their
     concatenated parameters; in training the running statistics each norm would have kept are
-    written back to it, the running means of x + `mean_shift` (per channel) where given."""
+    written back to it."""
     first = norms[0]
     running_mean = torch.cat([bn.running_mean for bn in norms])
     running_var = torch.cat([bn.running_var for bn in norms])
@@ -289,9 +252,6 @@ def _batch_norms(x: torch.Tensor, norms: list[nn.BatchNorm2d], mean_shift: torch
             widths = [bn.num_features for bn in norms]
             torch._foreach_copy_([t for bn in norms for t in (bn.running_mean, bn.running_var)],
                                  [t for pair in zip(running_mean.split(widths), running_var.split(widths)) for t in pair])
-            if mean_shift is not None:  # on the buffers: autograd keeps the concatenations
-                torch._foreach_add_([bn.running_mean for bn in norms], mean_shift.to(running_mean.dtype).split(widths),
-                                    alpha=first.momentum)
             torch._foreach_add_([bn.num_batches_tracked for bn in norms], 1)
     return out
 
@@ -369,17 +329,6 @@ def add_relu(y: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
     return y.add_(residual).relu_()
 
 
-class PointwiseBatchNorm(nn.Sequential):
-    """A 1x1 convolution and its BatchNorm (state dict keys 0.* and 1.*, as the authors'
-    nn.Sequential), computed by `conv_batch_norms`."""
-
-    def __init__(self, in_channels: int, out_channels: int):
-        super().__init__(PointwiseConv(in_channels, out_channels), nn.BatchNorm2d(out_channels))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return conv_batch_norms(x, self[0].weight, self[0].bias, [self[1]])
-
-
 class GraphConv(nn.Module):
     """Sum of three CTR-GC subsets over the learnable adjacency PA, BN, residual, ReLU."""
 
@@ -388,7 +337,7 @@ class GraphConv(nn.Module):
         self.convs = nn.ModuleList(CTRGC(in_channels, out_channels) for _ in range(adjacency.shape[0]))
         self.down = None
         if in_channels != out_channels:
-            self.down = PointwiseBatchNorm(in_channels, out_channels)
+            self.down = nn.Sequential(PointwiseConv(in_channels, out_channels), nn.BatchNorm2d(out_channels))
             _init_conv(self.down[0])
             _init_bn(self.down[1], 1.0)
         self.PA = nn.Parameter(adjacency.clone())
@@ -416,9 +365,6 @@ class UnitResidual(nn.Sequential):
         self.bn = nn.BatchNorm2d(out_channels)
         _init_conv(self.conv)
         _init_bn(self.bn, 1.0)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return conv_batch_norms(x, self.conv.weight, self.conv.bias, [self.bn])
 
 
 class TCNGCNUnit(nn.Module):
