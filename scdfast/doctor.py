@@ -13,32 +13,36 @@ import os
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 INTERPRETER_SWITCHES = ("TRITON_INTERPRET", "NUMBA_ENABLE_CUDASIM")
 
 
-def gate_environment(triton_path: str | None = None) -> dict[str, str]:
+@contextmanager
+def gate_environment(triton_path: str | None = None) -> Iterator[dict[str, str]]:
     """This process's environment without the interpreters, with a fresh Triton cache (and
-    `triton_path`, a folder holding another Triton, first on the import path)."""
+    `triton_path`, a folder holding another Triton, first on the import path). The cache, some
+    hundreds of MiB after a whole gate, is removed on leaving: it was made for this one run."""
     env = {k: v for k, v in os.environ.items() if k not in INTERPRETER_SWITCHES}
-    env["TRITON_CACHE_DIR"] = tempfile.mkdtemp(prefix="scdfast-gate-")
-    if triton_path:
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, (os.path.abspath(triton_path), env.get("PYTHONPATH"))))
-    return env
+    with tempfile.TemporaryDirectory(prefix="scdfast-gate-", ignore_cleanup_errors=True) as cache:
+        env["TRITON_CACHE_DIR"] = cache
+        if triton_path:
+            env["PYTHONPATH"] = os.pathsep.join(filter(None, (os.path.abspath(triton_path), env.get("PYTHONPATH"))))
+        yield env
 
 
 def run_in_child(targets=(90, 80), jobs: int | None = None, timeout: float | None = None,
                  triton_path: str | None = None, numba: bool = True) -> dict:
     """The whole gate's report (see `collect`) from a child process."""
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, gate_environment(triton_path) as env:
         out = os.path.join(tmp, "gate.json")
         command = [sys.executable, "-m", "scdfast.doctor", "--child", out, "--targets", *map(str, targets)]
         if jobs:
             command += ["--jobs", str(jobs)]
         if not numba:
             command.append("--no-numba")
-        done = subprocess.run(command, env=gate_environment(triton_path), capture_output=True, text=True,
-                              timeout=timeout)
+        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)
         if done.returncode or not os.path.exists(out):
             raise RuntimeError(f"the compile gate's process failed ({done.returncode}): {done.stderr[-2000:]}")
         with open(out) as f:

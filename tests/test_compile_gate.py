@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 
 import pytest
 import torch
@@ -62,10 +63,24 @@ def test_the_lowest_supported_triton_passes_on_sm90():
     assert len(report["triton"]) > 100
 
 
+def test_the_gates_triton_cache_leaves_nothing_behind(tmp_path, monkeypatch):
+    """Each gate compiles into a fresh cache (hundreds of MiB after a whole gate); it goes with the run."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    write = "import os; open(os.path.join(os.environ['TRITON_CACHE_DIR'], 'kernel.cubin'), 'w').write('x')"
+    with gate_environment() as env:
+        cache = env["TRITON_CACHE_DIR"]
+        assert os.path.dirname(cache) == str(tmp_path) and os.listdir(cache) == []
+        assert not any(switch in env for switch in ("TRITON_INTERPRET", "NUMBA_ENABLE_CUDASIM"))
+        subprocess.run([sys.executable, "-c", write], env=env, check=True)
+        assert os.listdir(cache) == ["kernel.cubin"]
+    assert os.listdir(tmp_path) == []
+
+
 @pytest.mark.parametrize("capability", [90, 80])
 def test_the_gate_fails_broken_kernels(capability):
-    done = subprocess.run([sys.executable, os.path.join(HERE, "gate_canaries.py"), str(capability)],
-                          env=gate_environment(), capture_output=True, text=True, timeout=600)
+    with gate_environment() as env:
+        done = subprocess.run([sys.executable, os.path.join(HERE, "gate_canaries.py"), str(capability)],
+                              env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     found = json.loads(done.stdout.strip().splitlines()[-1])
     assert any("Cannot access global variable" in why or "NameError" in why for why in found["plain global"])
