@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from conftest import write_synthetic_dataset
+from conftest import SMALL_QUEUE, write_synthetic_dataset
 
 from scdfast.cli import main
 from scdfast.train.rundir import TMP_PREFIX
@@ -23,7 +23,7 @@ def dataset(tmp_path_factory):
 def pretrained(dataset, tmp_path_factory):
     run = tmp_path_factory.mktemp("run") / "pre"
     code = main(["pretrain", "--preset", "tiny", "--data", str(dataset), "--epochs", "1", "--batch-size", "8",
-                 "--device", "cpu", "--run-dir", str(run), "--no-progress"])
+                 "--device", "cpu", "--run-dir", str(run), "--no-progress", *SMALL_QUEUE])
     assert code == 0
     return run
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import write_synthetic_dataset
+from conftest import SMALL_QUEUE, write_synthetic_dataset
 
 from scdfast.cli import main
 from scdfast.errors import ScdError
@@ -92,7 +92,8 @@ def dataset(tmp_path_factory):
 
 def _pretrain(dataset, run_dir, *extra):
     return main(["pretrain", "--preset", "tiny", "--data", str(dataset), "--epochs", "2", "--batch-size", "8",
-                 "--device", "cpu", "--run-dir", str(run_dir), "--no-progress", "--log-every", "1", *extra])
+                 "--device", "cpu", "--run-dir", str(run_dir), "--no-progress", "--log-every", "1", *SMALL_QUEUE,
+                 *extra])
 
 
 def test_every_log_interval_records_the_readings(dataset, tmp_path, capsys):

@@ -9,7 +9,7 @@ import sys
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from conftest import write_synthetic_dataset
+from conftest import SMALL_QUEUE, write_synthetic_dataset
 
 from scdfast.config import SCDConfig
 from scdfast.losses import scd_loss
@@ -133,7 +133,7 @@ def test_torchrun_pretrain_end_to_end(tmp_path):
     result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
                              "--master_port", str(_free_port()), "-m", "scdfast", "pretrain", "--preset", "tiny",
                              "--data", str(data), "--epochs", "1", "--batch-size", "8", "--device", "cpu",
-                             "--run-dir", str(run), "--no-progress"],
+                             "--run-dir", str(run), "--no-progress", *SMALL_QUEUE],
                             capture_output=True, text=True, timeout=600, env=env)
     assert result.returncode == 0, result.stderr[-2000:]
     state = torch.load(run / "checkpoints" / "last.pt", weights_only=False)

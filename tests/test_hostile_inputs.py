@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 from cli_checks import digests, msr_raw, needs_msr, refused
-from conftest import write_synthetic_dataset
+from conftest import SMALL_QUEUE, write_synthetic_dataset
 
 from scdfast.cli import main
 from scdfast.config import SCDConfig, preset, to_dict
@@ -29,7 +29,7 @@ def _copy(dataset, tmp_path):
 
 def _pretrain(dataset, run, *extra):
     return ["pretrain", "--preset", "tiny", "--data", str(dataset), "--epochs", "1", "--batch-size", "8",
-            "--run-dir", str(run), *CPU, *extra]
+            "--run-dir", str(run), *CPU, *SMALL_QUEUE, *extra]
 
 
 @pytest.fixture(scope="module")

@@ -6,6 +6,7 @@ import pickle
 import numpy as np
 import pytest
 
+from conftest import SMALL_QUEUE
 from scdfast.cli import main
 from scdfast.data.layouts import BUILT_IN, NTU25, get_layout
 from scdfast.errors import ScdError
@@ -57,7 +58,7 @@ def test_custom_layout_trains_end_to_end(tmp_path, capsys):
             pickle.dump(([f"s{i}" for i in range(24)], [i % 3 for i in range(24)]), f)
     run = tmp_path / "run"
     assert main(["pretrain", "--preset", "tiny", "--data", str(data), "--epochs", "1", "--batch-size", "8",
-                 "--device", "cpu", "--run-dir", str(run), "--no-progress"]) == 0
+                 "--device", "cpu", "--run-dir", str(run), "--no-progress", *SMALL_QUEUE]) == 0
     assert main(["linear", "--preset", "tiny", "--data", str(data), "--checkpoint", str(run), "--epochs", "2",
                  "--device", "cpu", "--run-dir", str(tmp_path / "lin"), "--no-progress"]) == 0
     assert "linear evaluation (standardized), pretrained" in capsys.readouterr().out  # the tiny protocol

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 from cli_checks import digests, msr_raw, needs_msr, refused
-from conftest import write_synthetic_dataset
+from conftest import SMALL_QUEUE, write_synthetic_dataset
 
 from scdfast.cli import main
 from scdfast.train.rundir import TMP_PREFIX
@@ -153,7 +153,7 @@ def dataset(tmp_path_factory):
 
 def _pretrain(dataset, run, *extra):
     return ["pretrain", "--preset", "tiny", "--data", str(dataset), "--epochs", "1", "--batch-size", "8",
-            "--device", "cpu", "--run-dir", str(run), "--no-progress", *extra]
+            "--device", "cpu", "--run-dir", str(run), "--no-progress", *SMALL_QUEUE, *extra]
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,7 @@ import pickle
 
 import numpy as np
 import pytest
-from conftest import SHARED_DATA
+from conftest import SHARED_DATA, SMALL_QUEUE
 
 from scdfast.cli import main
 from scdfast.data import load_dataset
@@ -193,7 +193,7 @@ def test_prepared_ntu_pretrains_and_evaluates_end_to_end(tmp_path, capsys):
     out, run = tmp_path / "ntu", tmp_path / "run"
     assert main(["prepare", "ntu", "--raw", str(RAW), "--out", str(out), "--jobs", "2", "--no-progress"]) == 0
     assert main(["pretrain", "--preset", "tiny", "--data", str(out), "--epochs", "1", "--batch-size", "4",
-                 "--device", "cpu", "--run-dir", str(run), "--no-progress"]) == 0
+                 "--device", "cpu", "--run-dir", str(run), "--no-progress", *SMALL_QUEUE]) == 0
     assert main(["linear", "--preset", "tiny", "--data", str(out), "--checkpoint", str(run), "--epochs", "2",
                  "--num-classes", "60",  # eight files: the splits hold a few of NTU-60's actions
                  "--device", "cpu", "--run-dir", str(tmp_path / "linear"), "--no-progress"]) == 0

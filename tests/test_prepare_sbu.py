@@ -6,7 +6,7 @@ import shutil
 
 import numpy as np
 import pytest
-from conftest import SHARED_DATA
+from conftest import SHARED_DATA, SMALL_QUEUE
 
 from scdfast.cli import main
 from scdfast.data import load_dataset
@@ -80,7 +80,7 @@ def test_bad_fold_is_named(tmp_path):
 def test_two_person_15_joint_data_trains_end_to_end(fold2, tmp_path, capsys):
     run = tmp_path / "run"
     assert main(["pretrain", "--preset", "tiny", "--data", str(fold2), "--epochs", "1", "--batch-size", "32",
-                 "--device", "cpu", "--run-dir", str(run), "--no-progress"]) == 0
+                 "--device", "cpu", "--run-dir", str(run), "--no-progress", *SMALL_QUEUE]) == 0
     assert main(["knn", "--preset", "tiny", "--data", str(fold2), "--checkpoint", str(run), "--device", "cpu",
                  "--run-dir", str(tmp_path / "knn"), "--no-progress"]) == 0
     assert "kNN retrieval, pretrained, joint: top-1" in capsys.readouterr().out

@@ -8,7 +8,7 @@ import pickle
 import numpy as np
 import pytest
 import torch
-from conftest import SHARED_DATA, write_synthetic_dataset
+from conftest import SHARED_DATA, SMALL_QUEUE, write_synthetic_dataset
 
 from scdfast.cli import main
 from scdfast.config import FinetuneConfig, LinearConfig
@@ -70,7 +70,7 @@ def test_bad_input_gives_one_line_errors(dataset, tmp_path, capsys):
     # a checkpoint of another layout: pretrained on 25-joint data, evaluated on 20-joint data
     ntu_run = tmp_path / "pre"
     assert _run("pretrain", "--preset", "tiny", "--data", str(dataset), "--epochs", "1", "--batch-size", "8",
-                "--run-dir", str(ntu_run)) == 0
+                "--run-dir", str(ntu_run), *SMALL_QUEUE) == 0
     kinect = tmp_path / "kinect"
     kinect.mkdir()
     for split in ("train", "val"):
@@ -142,7 +142,7 @@ def test_every_protocol_on_real_data(tmp_path):
                  "--skip-bad", "--no-progress"]) == 0
     pre = tmp_path / "pre"
     assert _run("pretrain", "--preset", "tiny", "--data", str(ucla), "--epochs", "1", "--batch-size", "16",
-                "--run-dir", str(pre)) == 0
+                "--run-dir", str(pre), *SMALL_QUEUE) == 0
     runs = []
     for protocol, extra in (("linear", ["--epochs", "3"]), ("knn", []), ("semi", ["--labels", "10%", "--epochs", "1"]),
                             ("finetune", ["--epochs", "1"])):

@@ -8,7 +8,7 @@ import pickle
 import numpy as np
 import pytest
 from cli_checks import digests, refused
-from conftest import SHARED_DATA
+from conftest import SHARED_DATA, SMALL_QUEUE
 from test_prepare_ntu import _read_slowly
 
 from scdfast.cli import main
@@ -90,7 +90,7 @@ def test_a_2d_file_imports_pretrains_evaluates_and_exports_back_equal(files, tmp
     np.testing.assert_array_equal(x[0, 2, :frames[0], :, 0], first["keypoint_score"][0])
 
     assert main(["pretrain", "--preset", "tiny", "--data", str(data), "--run-dir", str(run), "--epochs", "1",
-                 "--batch-size", "4", "--no-progress"]) == 0
+                 "--batch-size", "4", "--no-progress", *SMALL_QUEUE]) == 0
     assert main(["linear", "--preset", "tiny", "--data", str(data), "--checkpoint",
                  str(run / "checkpoints" / "last.pt"), "--run-dir", str(tmp_path / "linear"), "--epochs", "2", "--no-progress", "--no-figures",
                  "--num-classes", "60", "--no-feature-cache"]) == 0

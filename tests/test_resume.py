@@ -12,7 +12,7 @@ import time
 
 import pytest
 import torch
-from conftest import write_synthetic_dataset
+from conftest import SMALL_QUEUE, write_synthetic_dataset
 
 from scdfast.cli import main
 from scdfast.train.rundir import TMP_PREFIX
@@ -30,7 +30,7 @@ def _args(dataset, run_dir):
             "--device", "cpu", "--run-dir", str(run_dir), "--no-progress", "--log-every", "1",
             "--checkpoint-steps", "1", "--keep-last", "2", "--seed", "3",
             # the queues filled before the first step, and their sample ids, must survive a kill too
-            "--queue-init", "keys", "--exclude-own-keys"]
+            "--queue-init", "keys", "--exclude-own-keys", *SMALL_QUEUE]
 
 
 def _losses(run_dir) -> dict[int, str]:
