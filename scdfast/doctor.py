@@ -33,8 +33,9 @@ def gate_environment(triton_path: str | None = None) -> Iterator[dict[str, str]]
 
 
 def run_in_child(targets=(90, 80), jobs: int | None = None, timeout: float | None = None,
-                 triton_path: str | None = None, numba: bool = True) -> dict:
-    """The whole gate's report (see `collect`) from a child process."""
+                 triton_path: str | None = None, numba: bool = True, every: bool = True) -> dict:
+    """The gate's report (see `collect`) from a child process; every=False compiles the
+    representative configurations only (`compile_gate.representative`)."""
     with tempfile.TemporaryDirectory() as tmp, gate_environment(triton_path) as env:
         out = os.path.join(tmp, "gate.json")
         command = [sys.executable, "-m", "scdfast.doctor", "--child", out, "--targets", *map(str, targets)]
@@ -42,6 +43,8 @@ def run_in_child(targets=(90, 80), jobs: int | None = None, timeout: float | Non
             command += ["--jobs", str(jobs)]
         if not numba:
             command.append("--no-numba")
+        if not every:
+            command.append("--representative")
         done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)
         if done.returncode or not os.path.exists(out):
             raise RuntimeError(f"the compile gate's process failed ({done.returncode}): {done.stderr[-2000:]}")
@@ -49,7 +52,7 @@ def run_in_child(targets=(90, 80), jobs: int | None = None, timeout: float | Non
             return json.load(f)
 
 
-def collect(targets, jobs, numba: bool = True) -> dict:
+def collect(targets, jobs, numba: bool = True, every: bool = True) -> dict:
     """{versions, triton: rows, triton_failures, numba: rows or skipped reason, numba_failures}."""
     from dataclasses import asdict
 
@@ -59,7 +62,7 @@ def collect(targets, jobs, numba: bool = True) -> dict:
     from scdfast.augment import cuda_gate
     from scdfast.kernels import compile_gate
 
-    rows = compile_gate.run_gate(tuple(targets), jobs)
+    rows = compile_gate.run_gate(tuple(targets), jobs, every)
     report = {"versions": {"torch": torch.__version__, "triton": triton.__version__},
               "triton": [asdict(r) for r in rows], "triton_table": compile_gate.summary(rows),
               "triton_failures": compile_gate.failures(rows)}
@@ -104,8 +107,9 @@ def main(argv=None) -> int:
     parser.add_argument("--targets", nargs="+", type=int, default=[90, 80])
     parser.add_argument("--jobs", type=int)
     parser.add_argument("--no-numba", action="store_true")
+    parser.add_argument("--representative", action="store_true")
     args = parser.parse_args(argv)
-    report = collect(args.targets, args.jobs, numba=not args.no_numba)
+    report = collect(args.targets, args.jobs, numba=not args.no_numba, every=not args.representative)
     with open(args.child, "w") as f:
         json.dump(report, f)
     return 0

@@ -14,11 +14,13 @@ import torch
 pytest.importorskip("triton")
 
 from scdfast.doctor import gate_environment, run_in_child  # noqa: E402
+from scdfast.kernels import compile_gate  # noqa: E402
 from scdfast.kernels import infonce as K  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 # a folder holding the lowest Triton pyproject.toml admits (pip install --no-deps --target DIR)
 LOWEST_TRITON = os.environ.get("SCDFAST_GATE_LOWEST_TRITON")
+H100_SMS = compile_gate.TARGETS[90][1]  # the launch plans depend on the SM count
 
 
 @pytest.fixture(scope="module")
@@ -57,10 +59,30 @@ def test_the_lowest_supported_triton_passes_on_sm90():
     import re
     with open(os.path.join(HERE, "..", "pyproject.toml")) as f:
         lowest = re.search(r'"triton>=([0-9.]+)', f.read()).group(1)
-    report = run_in_child((90,), timeout=3000, triton_path=LOWEST_TRITON, numba=False)
+    # the representative configurations: every code path and every tile once (the whole gate
+    # above compiles every combination with the Triton installed)
+    report = run_in_child((90,), timeout=3000, triton_path=LOWEST_TRITON, numba=False, every=False)
     assert report["versions"]["triton"].startswith(lowest)
     assert report["triton_failures"] == []
-    assert len(report["triton"]) > 100
+    compiled = [(r["kernel"], r["dtype"], r["precision"], r["flags"], r["block_d"], r["tile"]) for r in report["triton"]]
+    assert _coverage(compiled) == _coverage(compile_gate.configurations(H100_SMS))
+
+
+def _coverage(configs):
+    """(kernel, input types, precision, width) -> (its tiles, its flag sets)."""
+    groups = {}
+    for kernel, dtype, precision, flags, block_d, tile, *_ in configs:
+        tiles, flag_sets = groups.setdefault((kernel, dtype, precision, block_d), (set(), set()))
+        tiles.add(tile)
+        flag_sets.add(flags)
+    return groups
+
+
+def test_the_representative_configurations_cover_every_tile_and_flag_set():
+    every = list(compile_gate.configurations(H100_SMS))
+    chosen = list(compile_gate.representative(every))
+    assert _coverage(chosen) == _coverage(every)
+    assert len(chosen) < 0.7 * len(every) and all(c in every for c in chosen)
 
 
 def test_the_gates_triton_cache_leaves_nothing_behind(tmp_path, monkeypatch):
