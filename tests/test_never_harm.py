@@ -293,10 +293,10 @@ def test_an_incomplete_checkpoint_is_one_line(finished, tmp_path, capsys):
             "without its 'model' entry")
 
 
-def test_report_into_a_directory_is_one_line(finished, tmp_path, capsys):
+def test_report_into_a_directory_is_one_line(dataset, finished, tmp_path, capsys):
     runs = tmp_path / "linear"
-    assert main(["linear", "--preset", "tiny", "--checkpoint", str(finished), "--device", "cpu", "--epochs", "1",
-                 "--run-dir", str(runs), "--no-progress", "--no-feature-cache", "--no-figures"]) == 0
+    assert main(["linear", "--preset", "tiny", "--data", str(dataset), "--checkpoint", str(finished), "--device", "cpu",
+                 "--epochs", "1", "--run-dir", str(runs), "--no-progress", "--no-feature-cache", "--no-figures"]) == 0
     capsys.readouterr()
     refused(capsys, ["report", str(runs), "--out", str(tmp_path)], f"could not write {tmp_path}")
 
