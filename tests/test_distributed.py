@@ -130,8 +130,10 @@ def test_torchrun_pretrain_end_to_end(tmp_path):
     write_synthetic_dataset(data, samples=32, max_frames=100, num_frames_file=False)
     run = tmp_path / "run"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    # --log-dir: torchrun's logs go with the test's files, not into a new temporary folder left behind
     result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                             "--master_port", str(_free_port()), "-m", "scdfast", "pretrain", "--preset", "tiny",
+                             "--master_port", str(_free_port()), "--log-dir", str(tmp_path / "torchrun"),
+                             "-m", "scdfast", "pretrain", "--preset", "tiny",
                              "--data", str(data), "--epochs", "1", "--batch-size", "8", "--device", "cpu",
                              "--run-dir", str(run), "--no-progress", *SMALL_QUEUE],
                             capture_output=True, text=True, timeout=600, env=env)
