@@ -27,7 +27,7 @@ SHARED_DATA = pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "d
 
 # For test pretraining runs whose subject is not the queue: the tiny preset fills its 1,024 keys
 # with real keys before the first step, 128 key-encoder batches at the tests' batch of 8 (about
-# 8 s on 2 cores, a run's whole cost otherwise); 64 keys take 8. A multiple of every batch used.
+# 8 s on 2 cores, most of a run's cost otherwise); 64 keys take 8. A multiple of every batch used.
 SMALL_QUEUE = ("--set", "model.queue_size=64")
 
 

@@ -5,8 +5,8 @@ import pickle
 
 import numpy as np
 import pytest
-
 from conftest import SMALL_QUEUE
+
 from scdfast.cli import main
 from scdfast.data.layouts import BUILT_IN, NTU25, get_layout
 from scdfast.errors import ScdError
