@@ -13,6 +13,7 @@ from torch import nn
 from scdfast.data.layouts import NTU25, SkeletonLayout
 from scdfast.errors import ScdError
 from scdfast.graph import ctrgcn_adjacency
+from scdfast.models.batchnorm import BatchNorm1d, BatchNorm2d, batch_norm
 
 
 def _init_conv(conv: nn.Conv2d) -> None:
@@ -194,7 +195,7 @@ class TemporalConv(nn.Sequential):
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, dilation: int = 1):
         super().__init__()
         self.conv = FrameConv(in_channels, out_channels, kernel_size, dilation)
-        self.bn = nn.BatchNorm2d(out_channels)
+        self.bn = BatchNorm2d(out_channels)
 
 
 class MultiScaleTemporalConv(nn.Module):
@@ -205,14 +206,14 @@ class MultiScaleTemporalConv(nn.Module):
         super().__init__()
         width = channels // (len(dilations) + 2)
         branches = [
-            nn.Sequential(PointwiseConv(channels, width), nn.BatchNorm2d(width), nn.ReLU(inplace=True),
+            nn.Sequential(PointwiseConv(channels, width), BatchNorm2d(width), nn.ReLU(inplace=True),
                           TemporalConv(width, width, kernel_size, dilation))
             for dilation in dilations
         ]
         branches.append(nn.Sequential(
-            PointwiseConv(channels, width), nn.BatchNorm2d(width), nn.ReLU(inplace=True),
-            TemporalMaxPool(), nn.BatchNorm2d(width)))
-        branches.append(nn.Sequential(PointwiseConv(channels, width), nn.BatchNorm2d(width)))
+            PointwiseConv(channels, width), BatchNorm2d(width), nn.ReLU(inplace=True),
+            TemporalMaxPool(), BatchNorm2d(width)))
+        branches.append(nn.Sequential(PointwiseConv(channels, width), BatchNorm2d(width)))
         self.branches = nn.ModuleList(branches)
         # The authors' weights_init: Kaiming for convs, N(1, 0.02) for BatchNorm scales.
         for m in self.modules():
@@ -245,8 +246,8 @@ def _batch_norms(x: torch.Tensor, norms: list[nn.BatchNorm2d]) -> torch.Tensor:
     first = norms[0]
     running_mean = torch.cat([bn.running_mean for bn in norms])
     running_var = torch.cat([bn.running_var for bn in norms])
-    out = F.batch_norm(x, running_mean, running_var, torch.cat([bn.weight for bn in norms]),
-                       torch.cat([bn.bias for bn in norms]), first.training, first.momentum, first.eps)
+    out = batch_norm(x, running_mean, running_var, torch.cat([bn.weight for bn in norms]),
+                     torch.cat([bn.bias for bn in norms]), first.training, first.momentum, first.eps)
     if first.training:
         with torch.no_grad():
             widths = [bn.num_features for bn in norms]
@@ -337,12 +338,12 @@ class GraphConv(nn.Module):
         self.convs = nn.ModuleList(CTRGC(in_channels, out_channels) for _ in range(adjacency.shape[0]))
         self.down = None
         if in_channels != out_channels:
-            self.down = nn.Sequential(PointwiseConv(in_channels, out_channels), nn.BatchNorm2d(out_channels))
+            self.down = nn.Sequential(PointwiseConv(in_channels, out_channels), BatchNorm2d(out_channels))
             _init_conv(self.down[0])
             _init_bn(self.down[1], 1.0)
         self.PA = nn.Parameter(adjacency.clone())
         self.alpha = nn.Parameter(torch.zeros(1))
-        self.bn = nn.BatchNorm2d(out_channels)
+        self.bn = BatchNorm2d(out_channels)
         _init_bn(self.bn, 1e-6)  # the unit starts as (nearly) its residual path
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -362,7 +363,7 @@ class UnitResidual(nn.Sequential):
     def __init__(self, in_channels: int, out_channels: int):
         super().__init__()
         self.conv = PointwiseConv(in_channels, out_channels)
-        self.bn = nn.BatchNorm2d(out_channels)
+        self.bn = BatchNorm2d(out_channels)
         _init_conv(self.conv)
         _init_bn(self.bn, 1.0)
 
@@ -395,7 +396,7 @@ class CTRGCN(nn.Module):
         adjacency = torch.tensor(ctrgcn_adjacency(layout))  # a factory: made on the default device (meta too)
         if adjacency.shape[-1] != num_joints:
             raise ScdError(f"layout {layout.name} has {adjacency.shape[-1]} joints, config asks {num_joints}")
-        self.data_bn = nn.BatchNorm1d(num_bodies * num_joints * in_channels)
+        self.data_bn = BatchNorm1d(num_bodies * num_joints * in_channels)
         _init_bn(self.data_bn, 1.0)
         self.l1 = TCNGCNUnit(in_channels, base_channels, adjacency, residual=False)
         self.l2 = TCNGCNUnit(base_channels, base_channels * 4, adjacency)
