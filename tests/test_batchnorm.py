@@ -90,8 +90,8 @@ def test_modules_keep_nn_batchnorm_elsewhere():
         a, b = BatchNorm2d(6), torch.nn.BatchNorm2d(6)
         setup(a), setup(b)
         assert torch.equal(a(x), b(x)) and torch.equal(a.running_var, b.running_var)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        assert torch.equal(BatchNorm2d(6)(x.bfloat16()), torch.nn.BatchNorm2d(6)(x.bfloat16()))
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # an fp32 input under autocast, as data_bn's
+        assert torch.equal(BatchNorm2d(6)(x), torch.nn.BatchNorm2d(6)(x))
     assert torch.equal(BatchNorm2d(6).double()(x.double()), torch.nn.BatchNorm2d(6).double()(x.double()))
     with _TrainingKernels() as seen:
         ours(x)

@@ -50,14 +50,14 @@ class _TrainBatchNorm(torch.autograd.Function):
         mean, var = batch_statistics(x)
         count = x.numel() // x.shape[1]
         invstd = (var + eps).rsqrt_().float()
-        mean, var_f = mean.float(), var.float()
+        mean_f = mean.float()
         if running_mean is not None:
-            with torch.no_grad():
-                running_mean.lerp_(mean, momentum)
-                running_var.lerp_(var.mul_(count / (count - 1)).float(), momentum)
-        ctx.save_for_backward(x, weight, mean, invstd)
+            with torch.no_grad():  # ATen's running variance is the unbiased one
+                running_mean.lerp_(mean_f, momentum)
+                running_var.lerp_((var * (count / (count - 1))).float(), momentum)
+        ctx.save_for_backward(x, weight, mean_f, invstd)
         ctx.eps = eps
-        return torch.batch_norm(x, weight, bias, mean, var_f, False, 0.0, eps, False)
+        return torch.batch_norm(x, weight, bias, mean_f, var.float(), False, 0.0, eps, False)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
