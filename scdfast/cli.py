@@ -333,7 +333,7 @@ def _overrides(args: argparse.Namespace, names: tuple[str, ...]) -> dict:
 
 
 def _run_pretrain(args: argparse.Namespace) -> None:
-    from scdfast.data import load_dataset
+    from scdfast.data import load_training_split
     from scdfast.data.dataset import model_shape
     from scdfast.train.device import resolve_device
     from scdfast.train.pretrain import compile_views_ahead, load_resume_state, pretrain
@@ -358,7 +358,7 @@ def _run_pretrain(args: argparse.Namespace) -> None:
     device = resolve_device(args.device)
     if is_synthetic(data):  # generated for seconds: compile the view kernels beside it
         compile_views_ahead(config, device)
-    train, _ = load_dataset(data, seed=config.seed)
+    train = load_training_split(data, seed=config.seed)
     if not args.resume:  # the dataset fixes joints, bodies and layout
         shape = model_shape(train)
         for name, value in merged("model", sets).items():

@@ -4,7 +4,7 @@ import pickle
 import numpy as np
 import pytest
 
-from scdfast.data import generate, load_dataset, load_split
+from scdfast.data import generate, load_dataset, load_split, load_training_split
 from scdfast.data.dataset import frames_until_last_nonzero
 from scdfast.data.synthetic import NUM_CLASSES
 from scdfast.errors import ScdError
@@ -85,6 +85,30 @@ def test_directory_round_trip(tmp_path):
     train, val = load_dataset(str(tmp_path))
     assert train.data.shape == (6, 3, 40, 25, 2) and train.num_frames.tolist() == [40, 1, 20, 39, 5, 6]
     assert val.labels.tolist() == list(range(6))
+
+
+def test_the_training_split_alone_is_load_datasets_and_reads_no_test_split(tmp_path):
+    """Pretraining reads only the training split: a directory without its val files, or with
+    a broken one, still gives it, and the synthetic one is load_dataset's bit for bit."""
+    train, _ = load_dataset("synthetic:kinect20", seed=3)
+    alone = load_training_split("synthetic:kinect20", seed=3)
+    np.testing.assert_array_equal(alone.data, train.data)
+    np.testing.assert_array_equal(alone.labels, train.labels)
+    assert alone.layout.name == "kinect20"
+    x = np.ones((4, 3, 10, 25, 2), np.float32)
+    write_dataset(tmp_path, data=x, labels=[0, 1, 2, 3])
+    np.save(tmp_path / "val_data_joint.npy", np.full_like(x, np.nan))
+    assert load_training_split(str(tmp_path)).data.shape == (4, 3, 10, 25, 2)
+    with pytest.raises(ScdError, match="val_data_joint.npy: sample 0 contains NaN or Inf"):
+        load_dataset(str(tmp_path))
+    (tmp_path / "val_data_joint.npy").unlink()
+    assert len(load_training_split(str(tmp_path))) == 4
+    with pytest.raises(ScdError, match="val_data_joint.npy: no such file"):
+        load_dataset(str(tmp_path))
+    for bad, message in ((tmp_path / "absent", "no such file or directory"),
+                         (tmp_path / "train_label.pkl", "expected a dataset directory")):
+        with pytest.raises(ScdError, match=message):
+            load_training_split(str(bad))
 
 
 def test_frames_default_to_the_last_nonzero_frame(tmp_path):

@@ -17,7 +17,7 @@ import numpy as np
 
 from scdfast.data.label_file import read_label_file
 from scdfast.data.layouts import BUILT_IN, NTU25, SkeletonLayout, get_layout
-from scdfast.data.synthetic import SkeletonSet, is_synthetic, synthetic_layout, synthetic_splits
+from scdfast.data.synthetic import SkeletonSet, is_synthetic, synthetic_layout, synthetic_splits, synthetic_train
 from scdfast.errors import ScdError
 
 SPLITS = ("train", "val")
@@ -128,14 +128,22 @@ def load_dataset(source: str, seed: int = 0) -> tuple[SkeletonSet, SkeletonSet]:
     """(train, test) for `--data`: 'synthetic' or a dataset directory."""
     if is_synthetic(source):
         return synthetic_splits(seed=seed, layout=synthetic_layout(source))
+    train = load_training_split(source, seed)
+    test = load_split(source, "val", train.layout, num_bodies=train.data.shape[4])
+    return train, test
+
+
+def load_training_split(source: str, seed: int = 0) -> SkeletonSet:
+    """The training split of `--data` alone, as `load_dataset` returns it: what pretraining
+    reads. The test split is then neither drawn (synthetic) nor read and checked (a directory's
+    val_data_joint.npy, which `validate` reads through)."""
+    if is_synthetic(source):
+        return synthetic_train(seed=seed, layout=synthetic_layout(source))
     if not os.path.exists(source):
         raise ScdError(f"--data {source}: no such file or directory")
     if not os.path.isdir(source):
         raise ScdError(f"--data {source}: expected a dataset directory or 'synthetic'")
-    layout = dataset_layout(source)
-    train = load_split(source, "train", layout)
-    test = load_split(source, "val", layout, num_bodies=train.data.shape[4])
-    return train, test
+    return load_split(source, "train", dataset_layout(source))
 
 
 def num_classes(train: SkeletonSet, test: SkeletonSet, stated: int | None = None) -> int:

@@ -304,9 +304,15 @@ def generate(num_samples: int, seed: int = 0, num_classes: int = NUM_CLASSES,
                        layout=layout)
 
 
+def synthetic_train(train_per_class: int = 80, seed: int = 0, num_classes: int = NUM_CLASSES,
+                    layout: SkeletonLayout = NTU25) -> SkeletonSet:
+    """The training set of `synthetic_splits`, without drawing its test set."""
+    return generate(train_per_class * num_classes, seed=2 * seed, num_classes=num_classes, layout=layout)
+
+
 def synthetic_splits(train_per_class: int = 80, test_per_class: int = 40, seed: int = 0,
                      num_classes: int = NUM_CLASSES, layout: SkeletonLayout = NTU25) -> tuple[SkeletonSet, SkeletonSet]:
     """Train and test sets drawn with different seeds (no sample shared)."""
-    train = generate(train_per_class * num_classes, seed=2 * seed, num_classes=num_classes, layout=layout)
+    train = synthetic_train(train_per_class, seed, num_classes, layout)
     test = generate(test_per_class * num_classes, seed=2 * seed + 1, num_classes=num_classes, layout=layout)
     return train, test

@@ -24,7 +24,7 @@ from scdfast.compat import (
     strict_load,
 )
 from scdfast.config import SCDConfig, from_dict
-from scdfast.data import load_dataset
+from scdfast.data import load_training_split
 from scdfast.errors import ScdError
 from scdfast.evaluation.encoders import DOWNSTREAM_FORMAT, PRETRAIN_FORMAT, downstream_model, resolve_checkpoint
 from scdfast.evaluation.features import eval_batch
@@ -127,7 +127,7 @@ def diagnose(path: str, data: str | None = None, samples: int = 256, seed: int =
     device = device or torch.device("cpu")
     subject = load_subject(path)
     source = _data_for(subject, data)
-    train, _ = load_dataset(source, seed=seed)
+    train = load_training_split(source, seed=seed)
     if train.data.shape[3] != subject.config.num_joints:
         raise ScdError(f"--data {source}: {train.data.shape[3]} joints, the encoder takes {subject.config.num_joints}")
     index = np.sort(np.random.default_rng(seed).permutation(len(train))[:samples])
