@@ -378,6 +378,47 @@ def test_the_cpu_reductions_equal_plain_autograd(dtype):
             assert _relative_error(a, b) < tol, f"{name} (shift width {width}): {_relative_error(a, b):.3g}"
 
 
+def test_pairwise_difference_is_the_broadcast_subtraction_bit_for_bit():
+    """The topology's bf16 difference, subtracted in float on the CPU: the plain broadcast
+    subtraction's values and both gradients bit for bit, at odd shapes and over six decades."""
+    from scdfast.models.ctrgcn import pairwise_difference
+    torch.manual_seed(0)
+    for shape in ((5, 3, 7), (2, 8, 25), (1, 1, 1)):
+        for scale in (1e-3, 1.0, 1e3):
+            leaves = [(torch.randn(shape) * scale).bfloat16() for _ in range(2)]
+            grad = (torch.randn(*shape, shape[-1]) * scale).bfloat16()
+            ours_in = [t.clone().requires_grad_() for t in leaves]
+            ref_in = [t.clone().requires_grad_() for t in leaves]
+            ours = pairwise_difference(*ours_in)
+            ref = ref_in[0].unsqueeze(-2) - ref_in[1].unsqueeze(-1)
+            assert type(ours.grad_fn).__name__ == "_PairwiseDifferenceBackward", "the fast path was not taken"
+            assert ours.dtype == torch.bfloat16 and torch.equal(ours, ref)
+            for a, b in zip(torch.autograd.grad(ours, ours_in, grad), torch.autograd.grad(ref, ref_in, grad)):
+                assert torch.equal(a, b)
+
+
+def test_the_bf16_step_is_bit_for_bit_the_plain_subtractions(monkeypatch):
+    """Two bf16 pretraining steps with the CPU's pairwise difference and with the plain
+    subtraction leave every weight, buffer and queue the same, bit for bit."""
+    import scdfast.models.ctrgcn as ctrgcn
+    from scdfast.train.step import PretrainStep
+
+    def two_steps():
+        torch.manual_seed(0)
+        model = SCDNet(SCDConfig.tiny(queue_size=64))
+        optimizer = torch.optim.SGD(model.query_encoder.parameters(), lr=0.05, momentum=0.9)
+        step = PretrainStep(model, optimizer, torch.device("cpu"), compile_mode="off", precision="bf16")
+        g = torch.Generator().manual_seed(1)
+        for _ in range(2):
+            step(*(torch.randn(4, 3, model.config.window, 25, 2, generator=g) for _ in range(2)))
+        return model.state_dict()
+
+    fast = two_steps()
+    monkeypatch.setattr(ctrgcn, "pairwise_difference", lambda x1, x2: x1.unsqueeze(-2) - x2.unsqueeze(-1))
+    plain = two_steps()
+    assert all(torch.equal(fast[k], plain[k]) for k in plain), [k for k in plain if not torch.equal(fast[k], plain[k])]
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_uniform_dropout_is_dropout(dtype):
     """The transformers' dropouts draw their CPU masks as rand >= p: each element kept with
