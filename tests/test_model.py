@@ -413,7 +413,13 @@ def test_the_bf16_step_is_bit_for_bit_the_plain_subtractions(monkeypatch):
             step(*(torch.randn(4, 3, model.config.window, 25, 2, generator=g) for _ in range(2)))
         return model.state_dict()
 
+    # the comparison means nothing unless every difference of the step takes the float path
+    real, real_forward, calls, floats = ctrgcn.pairwise_difference, ctrgcn._PairwiseDifference.forward, [], []
+    monkeypatch.setattr(ctrgcn, "pairwise_difference", lambda x1, x2: calls.append(1) or real(x1, x2))
+    monkeypatch.setattr(ctrgcn._PairwiseDifference, "forward",
+                        staticmethod(lambda ctx, x1, x2: floats.append(1) or real_forward(ctx, x1, x2)))
     fast = two_steps()
+    assert calls and len(floats) == len(calls), f"{len(floats)} of {len(calls)} differences took the float path"
     monkeypatch.setattr(ctrgcn, "pairwise_difference", lambda x1, x2: x1.unsqueeze(-2) - x2.unsqueeze(-1))
     plain = two_steps()
     assert all(torch.equal(fast[k], plain[k]) for k in plain), [k for k in plain if not torch.equal(fast[k], plain[k])]
