@@ -397,32 +397,109 @@ def test_pairwise_difference_is_the_broadcast_subtraction_bit_for_bit():
                 assert torch.equal(a, b)
 
 
+def _two_bf16_steps(batch: int = 4) -> dict:
+    """The state after two bf16 pretraining steps of a tiny SCDNet whose graph convolutions'
+    alpha is 0.4: at its initial 0 no gradient reaches the topology's relation convolutions."""
+    import scdfast.models.ctrgcn as ctrgcn
+    from scdfast.train.step import PretrainStep
+
+    torch.manual_seed(0)
+    model = SCDNet(SCDConfig.tiny(queue_size=256))
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, ctrgcn.GraphConv):
+                m.alpha.fill_(0.4)
+    optimizer = torch.optim.SGD(model.query_encoder.parameters(), lr=0.05, momentum=0.9)
+    step = PretrainStep(model, optimizer, torch.device("cpu"), compile_mode="off", precision="bf16")
+    g = torch.Generator().manual_seed(1)
+    for _ in range(2):
+        step(*(torch.randn(batch, 3, model.config.window, 25, 2, generator=g) for _ in range(2)))
+    return model.state_dict()
+
+
+def _differing(a: dict, b: dict) -> list[str]:
+    return [k for k in b if not torch.equal(a[k], b[k])]
+
+
 def test_the_bf16_step_is_bit_for_bit_the_plain_subtractions(monkeypatch):
     """Two bf16 pretraining steps with the CPU's pairwise difference and with the plain
     subtraction leave every weight, buffer and queue the same, bit for bit."""
     import scdfast.models.ctrgcn as ctrgcn
-    from scdfast.train.step import PretrainStep
-
-    def two_steps():
-        torch.manual_seed(0)
-        model = SCDNet(SCDConfig.tiny(queue_size=64))
-        optimizer = torch.optim.SGD(model.query_encoder.parameters(), lr=0.05, momentum=0.9)
-        step = PretrainStep(model, optimizer, torch.device("cpu"), compile_mode="off", precision="bf16")
-        g = torch.Generator().manual_seed(1)
-        for _ in range(2):
-            step(*(torch.randn(4, 3, model.config.window, 25, 2, generator=g) for _ in range(2)))
-        return model.state_dict()
 
     # the comparison means nothing unless every difference of the step takes the float path
     real, real_forward, calls, floats = ctrgcn.pairwise_difference, ctrgcn._PairwiseDifference.forward, [], []
     monkeypatch.setattr(ctrgcn, "pairwise_difference", lambda x1, x2: calls.append(1) or real(x1, x2))
     monkeypatch.setattr(ctrgcn._PairwiseDifference, "forward",
                         staticmethod(lambda ctx, x1, x2: floats.append(1) or real_forward(ctx, x1, x2)))
-    fast = two_steps()
+    fast = _two_bf16_steps()
     assert calls and len(floats) == len(calls), f"{len(floats)} of {len(calls)} differences took the float path"
     monkeypatch.setattr(ctrgcn, "pairwise_difference", lambda x1, x2: x1.unsqueeze(-2) - x2.unsqueeze(-1))
-    plain = two_steps()
-    assert all(torch.equal(fast[k], plain[k]) for k in plain), [k for k in plain if not torch.equal(fast[k], plain[k])]
+    plain = _two_bf16_steps()
+    assert not _differing(fast, plain), _differing(fast, plain)
+
+
+@pytest.mark.parametrize("batch", [4, 64])
+def test_the_bf16_step_is_bit_for_bit_the_separate_relation_convolutions(monkeypatch, batch):
+    """Two bf16 pretraining steps with every graph convolution's conv1 and conv2 as one GEMM
+    and with the six convolutions apart leave every weight, buffer and queue the same, bit for
+    bit, at the quick start's batch and a small one."""
+    import scdfast.models.ctrgcn as ctrgcn
+
+    real, merged, calls = ctrgcn.shared_input_convs, [], []
+    monkeypatch.setattr(ctrgcn, "shared_input_convs",
+                        lambda x, convs: calls.append(1) or merged.append(real(x, convs) is not None) or real(x, convs))
+    fast = _two_bf16_steps(batch)
+    # 2 backbones x 3 units, in the query's forward and the key's, 2 steps
+    assert len(calls) == 24 and all(merged), f"{sum(merged)} of {len(calls)} graph convolutions took one GEMM"
+    monkeypatch.setattr(ctrgcn, "shared_input_convs", lambda x, convs: None)
+    plain = _two_bf16_steps(batch)
+    assert not _differing(fast, plain), _differing(fast, plain)
+
+
+@pytest.mark.parametrize("x_dtype", [torch.float32, torch.bfloat16])
+def test_shared_input_convs_are_the_separate_convolutions_bit_for_bit(x_dtype):
+    """Under bf16 autocast, `shared_input_convs` gives each 1x1 convolution's output and the
+    input, weight and bias gradients of the convolutions run apart, bit for bit, at odd shapes
+    and at the tiny encoder's; outside bf16 autocast it declines (None)."""
+    from scdfast.models.ctrgcn import shared_input_convs
+    torch.manual_seed(0)
+    for n, c, v, width, pieces in ((5, 3, 11, 3, 4), (128, 3, 25, 8, 6), (128, 16, 25, 2, 6), (64, 64, 25, 8, 6)):
+        convs = [torch.nn.Conv2d(c, width, 1) for _ in range(pieces)]
+        copies = copy.deepcopy(convs)
+        x = torch.randn(n, c, 1, v).to(x_dtype)
+        grads = [torch.randn(n, width, v).bfloat16() for _ in range(pieces)]
+        ours_x, ref_x = x.clone().requires_grad_(), x.clone().requires_grad_()
+        assert shared_input_convs(ours_x, convs) is None
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            # through a copy, as a layer's input arrives: autocast casts a leaf once for all six
+            ours = shared_input_convs(ours_x.clone(), convs)
+            ref_input = ref_x.clone()
+            ref = [conv(ref_input).squeeze(-2) for conv in copies]
+        assert type(ours[0].grad_fn).__name__ == "SplitBackward0", "the one-GEMM path was not taken"
+        for a, b in zip(ours, ref):
+            assert a.dtype == torch.bfloat16 and torch.equal(a, b)
+        torch.autograd.backward(ours, grads)
+        torch.autograd.backward(ref, grads)
+        assert ours_x.grad.dtype == x_dtype and torch.equal(ours_x.grad, ref_x.grad), (n, c, width)
+        for a, b in zip(convs, copies):
+            assert torch.equal(a.weight.grad, b.weight.grad) and torch.equal(a.bias.grad, b.bias.grad), (n, c, width)
+
+
+def test_shared_input_convs_values_against_float64():
+    """The GEMM and its three gradients against plain float64 arithmetic (1e-12)."""
+    from scdfast.models.ctrgcn import _SharedInputConvs
+    torch.manual_seed(0)
+    n, c, v, width, pieces = 6, 5, 9, 3, 4
+    leaves = [torch.randn(n, c, v), torch.randn(pieces * width, c), torch.randn(pieces * width)]
+    ours_in = [t.double().requires_grad_() for t in leaves]
+    ref_in = [t.double().requires_grad_() for t in leaves]
+    ours = _SharedInputConvs.apply(*ours_in, width)
+    ref = torch.einsum("kc,ncv->nkv", ref_in[1], ref_in[0]) + ref_in[2].view(1, -1, 1)
+    grad = torch.randn(n, pieces * width, v, dtype=torch.float64)
+    assert _relative_error(ours, ref) < 1e-12
+    for name, a, b in zip(("x", "weight", "bias"), torch.autograd.grad(ours, ours_in, grad),
+                          torch.autograd.grad(ref, ref_in, grad)):
+        assert a.shape == b.shape and _relative_error(a, b) < 1e-12, name
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
