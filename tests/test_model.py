@@ -460,7 +460,7 @@ def test_the_bf16_step_is_bit_for_bit_the_separate_relation_convolutions(monkeyp
 def test_shared_input_convs_are_the_separate_convolutions_bit_for_bit(x_dtype):
     """Under bf16 autocast, `shared_input_convs` gives each 1x1 convolution's output and the
     input, weight and bias gradients of the convolutions run apart, bit for bit, at odd shapes
-    and at the tiny encoder's; outside bf16 autocast it declines (None)."""
+    and at the tiny encoder's; in fp32 it declines (None) where gradients are recorded."""
     from scdfast.models.ctrgcn import shared_input_convs
     torch.manual_seed(0)
     for n, c, v, width, pieces in ((5, 3, 11, 3, 4), (128, 3, 25, 8, 6), (128, 16, 25, 2, 6), (64, 64, 25, 8, 6)):
@@ -483,6 +483,22 @@ def test_shared_input_convs_are_the_separate_convolutions_bit_for_bit(x_dtype):
         assert ours_x.grad.dtype == x_dtype and torch.equal(ours_x.grad, ref_x.grad), (n, c, width)
         for a, b in zip(convs, copies):
             assert torch.equal(a.weight.grad, b.weight.grad) and torch.equal(a.bias.grad, b.bias.grad), (n, c, width)
+
+
+def test_shared_input_convs_without_gradients_are_the_separate_fp32_convolutions():
+    """In fp32 without gradients (evaluation features, the key encoder) every output is the
+    separate convolution's, bit for bit, at odd shapes, the evaluation batch and the step's."""
+    from scdfast.models.ctrgcn import shared_input_convs
+    torch.manual_seed(0)
+    for n, c, v, width, pieces in ((5, 3, 11, 3, 4), (64, 3, 25, 8, 6), (64, 32, 25, 4, 6), (128, 64, 25, 8, 6)):
+        convs = [torch.nn.Conv2d(c, width, 1) for _ in range(pieces)]
+        x = torch.randn(n, c, 1, v)
+        with torch.no_grad():
+            ours = shared_input_convs(x, convs)
+            ref = [conv(x).squeeze(-2) for conv in convs]
+        assert ours is not None and len(ours) == pieces
+        for a, b in zip(ours, ref):
+            assert torch.equal(a, b), (n, c, width)
 
 
 def test_shared_input_convs_values_against_float64():

@@ -165,17 +165,25 @@ class _SharedInputConvs(torch.autograd.Function):
 
 def shared_input_convs(x: torch.Tensor, convs: list[nn.Conv2d]) -> tuple[torch.Tensor, ...] | None:
     """conv(x).squeeze(-2) for each of `convs`, 1x1 convolutions of equal width, of an (N, C, 1,
-    V) CPU `x` under bf16 autocast: (N, width, V) each, through one `_SharedInputConvs`. None
-    elsewhere: in fp32 the GEMM rounds otherwise than oneDNN's convolution, and the caller runs
-    the convolutions."""
-    if not (torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16):
+    V) CPU `x`: (N, width, V) each, computed together with the bits of the convolutions apart.
+    Under bf16 autocast through one `_SharedInputConvs`; in fp32 without gradients (evaluation
+    features, the key encoder) as one oneDNN convolution, which gives each output channel the
+    bits a convolution of its own gives. None where neither holds (fp32 with gradients: the
+    GEMM and a merged backward round otherwise than oneDNN's fp32 convolutions): the caller
+    runs the convolutions."""
+    autocast = torch.is_autocast_enabled("cpu")
+    if autocast and torch.get_autocast_dtype("cpu") != torch.bfloat16:
+        return None
+    if not autocast and torch.is_grad_enabled() and (x.requires_grad or convs[0].weight.requires_grad):
         return None
     n, c, _, v = x.shape
     width = convs[0].out_channels
     weight = torch.cat([conv.weight.view(width, c) for conv in convs])
     bias = torch.cat([conv.bias for conv in convs])
-    weight, bias = _autocast_cpu(weight, bias)
-    return _SharedInputConvs.apply(x.view(n, c, v), weight, bias, width).split(width, dim=1)
+    if autocast:
+        weight, bias = _autocast_cpu(weight, bias)
+        return _SharedInputConvs.apply(x.view(n, c, v), weight, bias, width).split(width, dim=1)
+    return F.conv2d(x, weight.view(-1, c, 1, 1), bias).squeeze(-2).split(width, dim=1)
 
 
 class _ContiguousGrad(torch.autograd.Function):
