@@ -449,11 +449,14 @@ def test_the_bf16_step_is_bit_for_bit_the_separate_relation_convolutions(monkeyp
     monkeypatch.setattr(ctrgcn, "shared_input_convs",
                         lambda x, convs: calls.append(1) or merged.append(real(x, convs) is not None) or real(x, convs))
     fast = _two_bf16_steps(batch)
-    # 2 backbones x 3 units, in the query's forward and the key's, 2 steps
-    assert len(calls) == 24 and all(merged), f"{sum(merged)} of {len(calls)} graph convolutions took one GEMM"
     monkeypatch.setattr(ctrgcn, "shared_input_convs", lambda x, convs: None)
     plain = _two_bf16_steps(batch)
     assert not _differing(fast, plain), _differing(fast, plain)
+    # 2 backbones x 3 units, in the query's forward and the key's, 2 steps
+    assert len(calls) == 24
+    if not any(merged):
+        pytest.skip("this CPU's kernels do not give the separate convolutions' bits: they ran apart")
+    assert all(merged), f"{sum(merged)} of {len(calls)} graph convolutions took one GEMM"
 
 
 @pytest.mark.parametrize("x_dtype", [torch.float32, torch.bfloat16])
@@ -463,7 +466,8 @@ def test_shared_input_convs_are_the_separate_convolutions_bit_for_bit(x_dtype):
     and at the tiny encoder's; in fp32 it declines (None) where gradients are recorded."""
     from scdfast.models.ctrgcn import shared_input_convs
     torch.manual_seed(0)
-    for n, c, v, width, pieces in ((5, 3, 11, 3, 4), (128, 3, 25, 8, 6), (128, 16, 25, 2, 6), (64, 64, 25, 8, 6)):
+    shapes, apart = ((5, 3, 11, 3, 4), (128, 3, 25, 8, 6), (128, 16, 25, 2, 6), (64, 64, 25, 8, 6)), 0
+    for n, c, v, width, pieces in shapes:
         convs = [torch.nn.Conv2d(c, width, 1) for _ in range(pieces)]
         copies = copy.deepcopy(convs)
         x = torch.randn(n, c, 1, v).to(x_dtype)
@@ -475,6 +479,9 @@ def test_shared_input_convs_are_the_separate_convolutions_bit_for_bit(x_dtype):
             ours = shared_input_convs(ours_x.clone(), convs)
             ref_input = ref_x.clone()
             ref = [conv(ref_input).squeeze(-2) for conv in copies]
+        if ours is None:  # this CPU's kernels round otherwise at this shape: the caller runs them apart
+            apart += 1
+            continue
         assert type(ours[0].grad_fn).__name__ == "SplitBackward0", "the one-GEMM path was not taken"
         for a, b in zip(ours, ref):
             assert a.dtype == torch.bfloat16 and torch.equal(a, b)
@@ -483,6 +490,24 @@ def test_shared_input_convs_are_the_separate_convolutions_bit_for_bit(x_dtype):
         assert ours_x.grad.dtype == x_dtype and torch.equal(ours_x.grad, ref_x.grad), (n, c, width)
         for a, b in zip(convs, copies):
             assert torch.equal(a.weight.grad, b.weight.grad) and torch.equal(a.bias.grad, b.bias.grad), (n, c, width)
+    if apart == len(shapes):
+        pytest.skip("this CPU's kernels do not give the separate convolutions' bits at any of these shapes")
+
+
+def test_a_merge_that_rounds_otherwise_is_not_taken(monkeypatch):
+    """Where the one-GEMM path's bits differ from the separate convolutions' (here made to by
+    a bf16 ulp in its forward), the check finds it and `shared_input_convs` declines."""
+    import scdfast.models.ctrgcn as ctrgcn
+    real = ctrgcn._SharedInputConvs.forward
+    monkeypatch.setattr(ctrgcn._SharedInputConvs, "forward",
+                        staticmethod(lambda ctx, *a: real(ctx, *a) * (1 + 2.0**-7)))
+    ctrgcn.merge_is_exact.cache_clear()
+    try:
+        convs = [torch.nn.Conv2d(16, 2, 1) for _ in range(6)]
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert ctrgcn.shared_input_convs(torch.randn(8, 16, 1, 25).requires_grad_().clone(), convs) is None
+    finally:
+        ctrgcn.merge_is_exact.cache_clear()
 
 
 def test_shared_input_convs_without_gradients_are_the_separate_fp32_convolutions():
@@ -490,15 +515,21 @@ def test_shared_input_convs_without_gradients_are_the_separate_fp32_convolutions
     separate convolution's, bit for bit, at odd shapes, the evaluation batch and the step's."""
     from scdfast.models.ctrgcn import shared_input_convs
     torch.manual_seed(0)
-    for n, c, v, width, pieces in ((5, 3, 11, 3, 4), (64, 3, 25, 8, 6), (64, 32, 25, 4, 6), (128, 64, 25, 8, 6)):
+    shapes, apart = ((5, 3, 11, 3, 4), (64, 3, 25, 8, 6), (64, 32, 25, 4, 6), (128, 64, 25, 8, 6)), 0
+    for n, c, v, width, pieces in shapes:
         convs = [torch.nn.Conv2d(c, width, 1) for _ in range(pieces)]
         x = torch.randn(n, c, 1, v)
         with torch.no_grad():
             ours = shared_input_convs(x, convs)
             ref = [conv(x).squeeze(-2) for conv in convs]
-        assert ours is not None and len(ours) == pieces
+        if ours is None:  # this CPU's merged convolution rounds otherwise at this shape
+            apart += 1
+            continue
+        assert len(ours) == pieces
         for a, b in zip(ours, ref):
             assert torch.equal(a, b), (n, c, width)
+    if apart == len(shapes):
+        pytest.skip("this CPU's merged convolution does not give the separate ones' bits at any of these shapes")
 
 
 def test_shared_input_convs_values_against_float64():

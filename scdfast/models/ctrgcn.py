@@ -6,6 +6,8 @@ T frames, V joints.
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -169,8 +171,11 @@ def shared_input_convs(x: torch.Tensor, convs: list[nn.Conv2d]) -> tuple[torch.T
     Under bf16 autocast through one `_SharedInputConvs`; in fp32 without gradients (evaluation
     features, the key encoder) as one oneDNN convolution, which gives each output channel the
     bits a convolution of its own gives. None where neither holds (fp32 with gradients: the
-    GEMM and a merged backward round otherwise than oneDNN's fp32 convolutions): the caller
-    runs the convolutions."""
+    GEMM and a merged backward round otherwise than oneDNN's fp32 convolutions), or where this
+    CPU's kernels do not give those bits at this shape (`merge_is_exact`): the caller runs the
+    convolutions."""
+    if torch.compiler.is_compiling():  # inductor fuses its own graph; the check below is eager code
+        return None
     autocast = torch.is_autocast_enabled("cpu")
     if autocast and torch.get_autocast_dtype("cpu") != torch.bfloat16:
         return None
@@ -178,12 +183,52 @@ def shared_input_convs(x: torch.Tensor, convs: list[nn.Conv2d]) -> tuple[torch.T
         return None
     n, c, _, v = x.shape
     width = convs[0].out_channels
+    if not merge_is_exact(tuple(x.shape), x.dtype, width, len(convs), autocast):
+        return None
     weight = torch.cat([conv.weight.view(width, c) for conv in convs])
     bias = torch.cat([conv.bias for conv in convs])
     if autocast:
         weight, bias = _autocast_cpu(weight, bias)
         return _SharedInputConvs.apply(x.view(n, c, v), weight, bias, width).split(width, dim=1)
     return F.conv2d(x, weight.view(-1, c, 1, 1), bias).squeeze(-2).split(width, dim=1)
+
+
+@functools.cache
+def merge_is_exact(shape: tuple[int, ...], dtype: torch.dtype, width: int, pieces: int, bf16: bool) -> bool:
+    """Whether this CPU's kernels give `shared_input_convs` the separate convolutions' bits for
+    an input of `shape` and `dtype`: under bf16 autocast (`bf16`) the outputs and all three
+    gradients, otherwise the outputs, compared once a process on random values of the shape
+    (a generator of its own: the global one is left as it was). The kernels that decide it
+    (oneDNN's convolutions, the batched GEMM) choose their loops by CPU and shape; the bits
+    were measured equal on a 2-core AMD EPYC with AVX-512-BF16, and where they differ the
+    convolutions run apart. A few milliseconds, once per input shape."""
+    n, c, _, v = shape
+    k = width * pieces
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(shape, generator=gen).to(dtype)
+    weight = torch.randn(k, c, 1, 1, generator=gen) / c**0.5
+    bias = torch.randn(k, generator=gen)
+    grads = torch.randn(n, k, v, generator=gen).to(torch.bfloat16 if bf16 else dtype)
+    pieces_of = lambda t: t.split(width)  # noqa: E731
+    with torch.autocast("cpu", enabled=False), torch.enable_grad():
+        if not bf16:
+            with torch.no_grad():
+                merged = F.conv2d(x, weight, bias)
+                apart = torch.cat([F.conv2d(x, w, b) for w, b in zip(pieces_of(weight), pieces_of(bias))], 1)
+            return torch.equal(merged, apart)
+        # what autocast hands each convolution: its own bf16 copy of the input, bf16 parameters
+        w16, b16 = weight.view(k, c).bfloat16().requires_grad_(), bias.bfloat16().requires_grad_()
+        ws = [w.detach().view(width, c, 1, 1).requires_grad_() for w in pieces_of(w16)]
+        bs = [b.detach().requires_grad_() for b in pieces_of(b16)]
+        x_merged, x_apart = x.clone().requires_grad_(), x.clone().requires_grad_()
+        merged = _SharedInputConvs.apply(x_merged.view(n, c, v), w16, b16, width)
+        apart = [F.conv2d(x_apart.bfloat16(), w, b).squeeze(-2) for w, b in zip(ws, bs)]
+        if not torch.equal(merged, torch.cat(apart, 1)):
+            return False
+        ours = torch.autograd.grad(merged, (x_merged, w16, b16), grads)
+        theirs = torch.autograd.grad(apart, [x_apart, *ws, *bs], [g.contiguous() for g in grads.split(width, 1)])
+        theirs = theirs[0], torch.cat(theirs[1:1 + pieces]).view(k, c), torch.cat(theirs[1 + pieces:])
+        return all(torch.equal(a, b) for a, b in zip(ours, theirs))
 
 
 class _ContiguousGrad(torch.autograd.Function):
