@@ -182,13 +182,19 @@ def shared_input_convs(x: torch.Tensor, convs: list[nn.Conv2d]) -> tuple[torch.T
         return None
     if not autocast and torch.is_grad_enabled() and (x.requires_grad or convs[0].weight.requires_grad):
         return None
-    n, c, _, v = x.shape
     width = convs[0].out_channels
     if not merge_is_exact(tuple(x.shape), x.dtype, width, len(convs), autocast):
         return None
-    weight = torch.cat([conv.weight.view(width, c) for conv in convs])
-    bias = torch.cat([conv.bias for conv in convs])
-    if autocast:
+    return _merged_convs(x, [conv.weight for conv in convs], [conv.bias for conv in convs], autocast)
+
+
+def _merged_convs(x: torch.Tensor, weights: list[torch.Tensor], biases: list[torch.Tensor],
+                  bf16: bool) -> tuple[torch.Tensor, ...]:
+    """`shared_input_convs`'s computation for (width, C, 1, 1) `weights` and (width,) `biases`."""
+    n, c, _, v = x.shape
+    width = weights[0].shape[0]
+    weight, bias = torch.cat(weights).view(-1, c), torch.cat(biases)
+    if bf16:
         weight, bias = _autocast_cpu(weight, bias)
         return _SharedInputConvs.apply(x.view(n, c, v), weight, bias, width).split(width, dim=1)
     return F.conv2d(x, weight.view(-1, c, 1, 1), bias).squeeze(-2).split(width, dim=1)
@@ -197,39 +203,32 @@ def shared_input_convs(x: torch.Tensor, convs: list[nn.Conv2d]) -> tuple[torch.T
 @functools.cache
 def merge_is_exact(shape: tuple[int, ...], dtype: torch.dtype, width: int, pieces: int, bf16: bool) -> bool:
     """Whether this CPU's kernels give `shared_input_convs` the separate convolutions' bits for
-    an input of `shape` and `dtype`: under bf16 autocast (`bf16`) the outputs and all three
-    gradients, otherwise the outputs, compared once a process on random values of the shape
-    (a generator of its own: the global one is left as it was). The kernels that decide it
-    (oneDNN's convolutions, the batched GEMM) choose their loops by CPU and shape; the bits
-    were measured equal on a 2-core AMD EPYC with AVX-512-BF16, and where they differ the
-    convolutions run apart. A few milliseconds, once per input shape."""
+    an input of `shape` and `dtype`: under bf16 autocast (`bf16`) the outputs and the input's,
+    weights' and biases' gradients, otherwise the outputs. Both ways run as the model runs them,
+    once a process per shape, on random values from a generator of their own (the global one is
+    left as it was). The kernels that decide it (oneDNN's convolutions, the batched GEMM)
+    choose their loops by CPU and shape; the bits were measured equal on a 2-core AMD EPYC
+    with AVX-512-BF16, and where they differ the convolutions run apart. A few milliseconds."""
     n, c, _, v = shape
-    k = width * pieces
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(shape, generator=gen).to(dtype)
-    weight = torch.randn(k, c, 1, 1, generator=gen) / c**0.5
-    bias = torch.randn(k, generator=gen)
-    grads = torch.randn(n, k, v, generator=gen).to(torch.bfloat16 if bf16 else dtype)
-    pieces_of = lambda t: t.split(width)  # noqa: E731
-    with torch.autocast("cpu", enabled=False), torch.enable_grad():
-        if not bf16:
-            with torch.no_grad():
-                merged = F.conv2d(x, weight, bias)
-                apart = torch.cat([F.conv2d(x, w, b) for w, b in zip(pieces_of(weight), pieces_of(bias))], 1)
-            return torch.equal(merged, apart)
-        # what autocast hands each convolution: its own bf16 copy of the input, bf16 parameters
-        w16, b16 = weight.view(k, c).bfloat16().requires_grad_(), bias.bfloat16().requires_grad_()
-        ws = [w.detach().view(width, c, 1, 1).requires_grad_() for w in pieces_of(w16)]
-        bs = [b.detach().requires_grad_() for b in pieces_of(b16)]
-        x_merged, x_apart = x.clone().requires_grad_(), x.clone().requires_grad_()
-        merged = _SharedInputConvs.apply(x_merged.view(n, c, v), w16, b16, width)
-        apart = [F.conv2d(x_apart.bfloat16(), w, b).squeeze(-2) for w, b in zip(ws, bs)]
-        if not torch.equal(merged, torch.cat(apart, 1)):
-            return False
-        ours = torch.autograd.grad(merged, (x_merged, w16, b16), grads)
-        theirs = torch.autograd.grad(apart, [x_apart, *ws, *bs], [g.contiguous() for g in grads.split(width, 1)])
-        theirs = theirs[0], torch.cat(theirs[1:1 + pieces]).view(k, c), torch.cat(theirs[1 + pieces:])
-        return all(torch.equal(a, b) for a, b in zip(ours, theirs))
+    params = [torch.randn(width, c, 1, 1, generator=gen) / c**0.5 for _ in range(pieces)]
+    params += [torch.randn(width, generator=gen) for _ in range(pieces)]
+    grads = [torch.randn(n, width, v, generator=gen).to(torch.bfloat16 if bf16 else dtype) for _ in range(pieces)]
+
+    def run(convs):
+        leaves = [t.clone().requires_grad_(bf16) for t in (x, *params)]
+        # a layer's input is no leaf: autocast casts a leaf once for every convolution reading it
+        outs = convs(leaves[0].clone(), leaves[1:1 + pieces], leaves[1 + pieces:])
+        return list(outs) + (list(torch.autograd.grad(outs, leaves, grads)) if bf16 else [])
+
+    def apart(x, weights, biases):
+        return [F.conv2d(x, w, b).squeeze(-2) for w, b in zip(weights, biases)]
+
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16), torch.set_grad_enabled(bf16):
+        merged = run(lambda x, weights, biases: _merged_convs(x, weights, biases, bf16))
+        separate = run(apart)
+    return all(torch.equal(a, b) for a, b in zip(merged, separate))
 
 
 class _ContiguousGrad(torch.autograd.Function):
