@@ -16,6 +16,10 @@ l = sum_j exp(s_ij - m) and the softmax-weighted sum of candidates acc = sum_j e
 `_rows_combine_kernel` merges the slices' partials with the positive into loss_i, lse_i and
 the gradients of q_i and k_i. When the negatives need gradients (NT-Xent, CLIP, a trained
 queue), `_columns_kernel` makes the transposed pass with the saved lse, split over the rows.
+It recomputes p_ij = exp(s_ij - lse_i), so it must see the very q_i the logits were made of:
+with normalisation inside, the rows' inverse norms are computed once (`inverse_norms`), every
+kernel scales its rows by them, and the caller of the columns pass rebuilds q_i with the same
+single fp32 product.
 The number of slices follows N, K and the SM count, so a small batch against a long queue
 still fills the chip.
 
@@ -61,13 +65,13 @@ def _load_tile(ptr, rows, dims, n_rows, D, stride_row, stride_dim):
 
 
 @triton.jit
-def _load_rows(ptr, rows, dims, n_rows, D, stride_row, stride_dim, NORMALIZE: tl.constexpr):
-    """A (rows, dims) fp32 tile, L2-normalised when NORMALIZE (as F.normalize:
-    x / max(||x||, 1e-12)), and 1 / max(||x||, 1e-12) for the backward (1 without NORMALIZE)."""
+def _load_rows(ptr, rows, dims, n_rows, D, stride_row, stride_dim, inv_norm_ptr, NORMALIZE: tl.constexpr):
+    """A (rows, dims) fp32 tile, L2-normalised when NORMALIZE by the rows' 1 / max(||x||, 1e-12)
+    read from inv_norm_ptr, and that factor for the backward (1 without NORMALIZE)."""
     tile = _load_tile(ptr, rows, dims, n_rows, D, stride_row, stride_dim).to(tl.float32)
     inv_norm = tl.full([tile.shape[0]], 1.0, tl.float32)
     if NORMALIZE:
-        inv_norm = 1.0 / tl.maximum(tl.sqrt(tl.sum(tile * tile, axis=1)), 1e-12)
+        inv_norm = tl.load(inv_norm_ptr + rows, mask=rows < n_rows, other=1.0)
         tile = tile * inv_norm[:, None]
     return tile, inv_norm
 
@@ -140,6 +144,7 @@ def _rows_split_kernel(
     c0_ptr, c1_ptr, c2_ptr,         # negatives (K, D); term t streams c0, or (SCD_TERMS) c0 c0 c1 c2
     qid_ptr, cid_ptr,               # (N,), (K,) int64 instance ids (HAS_IDS)
     m_ptr, l_ptr, acc_ptr,          # out: (terms, S, N), (terms, S, N), (terms, S, N, D) fp32 partials
+    q_inv_ptr, k_inv_ptr,           # (NORMALIZE) (terms, N) fp32 1 / max(||q_i||, 1e-12), the same of k
     inv_t_ptr,                      # () fp32 1 / T, read on the device (a learnable temperature needs no sync)
     N, K, D, k_shift,               # sizes; the positive of row i is row (i + k_shift) % N of k
     stride_qt, stride_qn, stride_qd, stride_kt, stride_kn, stride_kd, stride_cn, stride_cd,
@@ -160,8 +165,10 @@ def _rows_split_kernel(
             c_ptr = c1_ptr
         elif term == 3:
             c_ptr = c2_ptr
-    q, _ = _load_rows(q_ptr + term * stride_qt, rows, dims, N, D, stride_qn, stride_qd, NORMALIZE)
-    k, _ = _load_rows(k_ptr + term * stride_kt, (rows + k_shift) % N, dims, N, D, stride_kn, stride_kd, NORMALIZE)
+    q, _ = _load_rows(q_ptr + term * stride_qt, rows, dims, N, D, stride_qn, stride_qd, q_inv_ptr + term * N,
+                      NORMALIZE)
+    k, _ = _load_rows(k_ptr + term * stride_kt, (rows + k_shift) % N, dims, N, D, stride_kn, stride_kd,
+                      k_inv_ptr + term * N, NORMALIZE)
     m = tl.sum(q * k, axis=1) * inv_t                                              # s_ip: the max's reference
     l = tl.zeros([BLOCK_N], dtype=tl.float32)
     acc = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
@@ -188,6 +195,7 @@ def _rows_combine_kernel(
     m_ptr, l_ptr, acc_ptr,          # its partials
     loss_ptr, lse_ptr, dscale_ptr,  # out: (terms, N) fp32 per-row loss, lse and dloss_i / d(1 / T)
     dq_ptr, dk_ptr,                 # out: (terms, N, D) fp32 gradients of loss_i w.r.t. q_i and its positive (K_GRAD)
+    q_inv_ptr, k_inv_ptr,           # the split kernel's inverse norms, the same tensors (NORMALIZE)
     inv_t_ptr, N, D, num_splits, k_shift,
     stride_qt, stride_qn, stride_qd, stride_kt, stride_kn, stride_kd,
     NORMALIZE: tl.constexpr, K_GRAD: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
@@ -198,9 +206,10 @@ def _rows_combine_kernel(
     dims = tl.arange(0, BLOCK_D)
     row_ok = rows < N
     tile_ok = row_ok[:, None] & (dims < D)[None, :]
-    q, q_inv = _load_rows(q_ptr + term * stride_qt, rows, dims, N, D, stride_qn, stride_qd, NORMALIZE)
-    k, k_inv = _load_rows(k_ptr + term * stride_kt, (rows + k_shift) % N, dims, N, D, stride_kn, stride_kd,
+    q, q_inv = _load_rows(q_ptr + term * stride_qt, rows, dims, N, D, stride_qn, stride_qd, q_inv_ptr + term * N,
                           NORMALIZE)
+    k, k_inv = _load_rows(k_ptr + term * stride_kt, (rows + k_shift) % N, dims, N, D, stride_kn, stride_kd,
+                          k_inv_ptr + term * N, NORMALIZE)
     s_pos = tl.sum(q * k, axis=1) * inv_t
     m = s_pos                       # the positive opens the merge: l = exp(s_pos - m) = 1, acc = k
     l = tl.full([BLOCK_N], 1.0, tl.float32)
@@ -407,6 +416,15 @@ class RowsProblem:
         return terms, n, self.negatives[0].shape[0], d
 
 
+def inverse_norms(x: torch.Tensor) -> torch.Tensor:
+    """(terms, N) fp32 1 / max(||x_i||, 1e-12) of (terms, N, D) rows, as F.normalize divides.
+    Computed once, here, and read by every kernel that normalises, so that the columns pass sees
+    exactly the q_i the logits and lse were made of: each kernel's own reduction (its own tile
+    layout and summation order) would not promise that, and the split kernel storing its norms
+    for the backward spilled registers in the compile gate."""
+    return x.float().square().sum(-1).sqrt().clamp_min(1e-12).reciprocal()
+
+
 def rows_launches(p: RowsProblem, tile: TileConfig, sm_count: int) -> tuple[Launch, Launch, dict]:
     """The split and combine launches of a row pass, and the outputs they write."""
     terms, n, k_rows, d = p.shape
@@ -419,22 +437,24 @@ def rows_launches(p: RowsProblem, tile: TileConfig, sm_count: int) -> tuple[Laun
     acc = torch.empty(terms, slices, n, d, device=device, dtype=f32)
     out = {name: torch.empty(terms, n, device=device, dtype=f32) for name in ("loss", "lse", "dscale")}
     out |= {"dq": torch.empty(terms, n, d, device=device, dtype=f32),
-            "dk": torch.empty(terms, n, d, device=device, dtype=f32) if p.k_grad else m}
+            "dk": torch.empty(terms, n, d, device=device, dtype=f32) if p.k_grad else m,
+            "q_inv": inverse_norms(p.q) if p.normalize else m}
+    k_inv = inverse_norms(p.k) if p.normalize else m
     c0, c1, c2 = (p.negatives * 3)[:3] if len(p.negatives) == 1 else p.negatives
     ids = (p.query_ids, p.queue_ids) if p.query_ids is not None else (m, m)
     strides = (*p.q.stride(), *p.k.stride())
     inv_t = as_device_scalar(p.inv_t, device)
     split = Launch(_rows_split_kernel, (row_blocks, slices, terms),
-                   (p.q, p.k, c0, c1, c2, *ids, m, l, acc, inv_t, n, k_rows, d, p.k_shift, *strides,
-                    *c0.stride(), per_slice),
+                   (p.q, p.k, c0, c1, c2, *ids, m, l, acc, out["q_inv"], k_inv, inv_t, n, k_rows, d, p.k_shift,
+                    *strides, *c0.stride(), per_slice),
                    dict(IN_BATCH=p.in_batch, HAS_IDS=p.query_ids is not None, NORMALIZE=p.normalize,
                         SCD_TERMS=len(p.negatives) == 3, LOW_PRECISION_DOT=low_precision_dot(p.q, p.k, c0),
                         PRECISION=p.precision, BLOCK_N=tile.block_n, BLOCK_K=tile.block_k, BLOCK_D=block_d,
                         num_warps=tile.num_warps, num_stages=tile.num_stages))
     combine_n = COMBINE_BLOCK_N[block_d]
     combine = Launch(_rows_combine_kernel, (triton.cdiv(n, combine_n), terms),
-                     (p.q, p.k, m, l, acc, out["loss"], out["lse"], out["dscale"], out["dq"], out["dk"], inv_t, n, d,
-                      slices, p.k_shift, *strides),
+                     (p.q, p.k, m, l, acc, out["loss"], out["lse"], out["dscale"], out["dq"], out["dk"], out["q_inv"],
+                      k_inv, inv_t, n, d, slices, p.k_shift, *strides),
                      dict(NORMALIZE=p.normalize, K_GRAD=p.k_grad, BLOCK_N=combine_n, BLOCK_D=block_d,
                           num_warps=4 if block_d <= 128 else 8))
     return split, combine, out
@@ -488,9 +508,10 @@ def pick_tile(kind: str, key: tuple, device: torch.device, run_with) -> TileConf
 # ---- passes ---------------------------------------------------------------------------------------
 
 def rows_pass(p: RowsProblem) -> dict:
-    """{loss, lse, dscale: (terms, N); dq, dk: (terms, N, D)} fp32 for a row problem: each row's
-    loss and its gradients (w.r.t. 1 / T, q_i and its positive; through the normalisation when
-    p.normalize), unweighted: the caller scales them by the rows' incoming gradients."""
+    """{loss, lse, dscale, q_inv: (terms, N); dq, dk: (terms, N, D)} fp32 for a row problem: each
+    row's loss and its gradients (w.r.t. 1 / T, q_i and its positive; through the normalisation
+    when p.normalize), unweighted: the caller scales them by the rows' incoming gradients; q_inv
+    (p.normalize) the 1 / ||q_i|| the logits were made with."""
     terms, n, k_rows, d = p.shape
     sm_count = device_sm_count(p.q.device)
 

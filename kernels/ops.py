@@ -16,7 +16,6 @@ the positives enter only through their mean, a per-label sum of O((N + K) D).
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from scdfast.kernels.infonce import (
     EXCLUDE_POSITIVE,
@@ -24,6 +23,7 @@ from scdfast.kernels.infonce import (
     NO_EXCLUSION,
     RowsProblem,
     columns_pass,
+    low_precision_dot,
     rows_pass,
 )
 
@@ -51,21 +51,24 @@ def _compiled_dtypes(rows: torch.Tensor, *others: torch.Tensor) -> tuple[torch.T
 def _rows_op(q: torch.Tensor, k: torch.Tensor, c0: torch.Tensor, c1: torch.Tensor, c2: torch.Tensor,
              inv_t: torch.Tensor, query_ids: torch.Tensor | None, queue_ids: torch.Tensor | None, k_shift: int,
              in_batch: int, normalize: bool, k_grad: bool, scd_terms: bool, precision: str
-             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(loss, lse, dscale: (terms, N); dq, dk: (terms, N, D)), dk empty unless k_grad. q, k are
-    (terms, N, D); term t streams c0, or with scd_terms SCD-Net's c0 c0 c1 c2."""
+             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(loss, lse, dscale: (terms, N); dq, dk: (terms, N, D); q_inv: (terms, N)), dk empty unless
+    k_grad, q_inv (1 / ||q_i||, as the logits were made) unless normalize. q, k are (terms, N, D);
+    term t streams c0, or with scd_terms SCD-Net's c0 c0 c1 c2."""
     q, k = _compiled_dtypes(q, k, c0)
     out = rows_pass(RowsProblem(q, k, (c0, c1, c2) if scd_terms else (c0,), inv_t, k_shift=k_shift, in_batch=in_batch,
                                 query_ids=query_ids, queue_ids=queue_ids, normalize=normalize, k_grad=k_grad,
                                 precision=precision))
-    return out["loss"], out["lse"], out["dscale"], out["dq"], out["dk"] if k_grad else _none(q)
+    return (out["loss"], out["lse"], out["dscale"], out["dq"], out["dk"] if k_grad else _none(q),
+            out["q_inv"] if normalize else _none(q))
 
 
 @_rows_op.register_fake
 def _(q, k, c0, c1, c2, inv_t, query_ids, queue_ids, k_shift, in_batch, normalize, k_grad, scd_terms, precision):
     terms, n, d = q.shape
     per_row = [q.new_empty((terms, n), dtype=F32) for _ in range(3)]
-    return (*per_row, q.new_empty((terms, n, d), dtype=F32), q.new_empty((terms, n, d) if k_grad else (0,), dtype=F32))
+    return (*per_row, q.new_empty((terms, n, d), dtype=F32), q.new_empty((terms, n, d) if k_grad else (0,), dtype=F32),
+            q.new_empty((terms, n) if normalize else (0,), dtype=F32))
 
 
 @torch.library.custom_op("scdfast::columns", mutates_args=())
@@ -99,24 +102,31 @@ class _InfoNCE(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, queue, inv_t, query_ids, queue_ids, normalize, precision):
         k_grad = ctx.needs_input_grad[1]
-        loss, lse, dscale, dq, dk = _rows_op(q[None], k[None], queue, queue, queue, inv_t, query_ids, queue_ids, 0,
-                                             NO_EXCLUSION, normalize, k_grad, False, precision)
+        loss, lse, dscale, dq, dk, q_inv = _rows_op(q[None], k[None], queue, queue, queue, inv_t, query_ids,
+                                                    queue_ids, 0, NO_EXCLUSION, normalize, k_grad, False, precision)
         # the queue is kept only when it takes a gradient: a memory bank enqueues in place after the loss
         ctx.save_for_backward(q, queue if ctx.needs_input_grad[2] else None, inv_t, lse[0], dscale[0], dq[0],
-                              dk[0] if k_grad else dk, *((query_ids, queue_ids) if query_ids is not None else ()))
-        ctx.settings = (normalize, precision, q.dtype, k.dtype, queue.dtype)
+                              dk[0] if k_grad else dk, q_inv[0] if normalize else q_inv,
+                              *((query_ids, queue_ids) if query_ids is not None else ()))
+        # the dtype the row pass's dot took the normalised q_i in (bf16 on the tensor cores, else fp32)
+        seen = torch.bfloat16 if low_precision_dot(q, k, queue) else F32
+        ctx.settings = (normalize, precision, q.dtype, k.dtype, queue.dtype, seen)
         return loss[0]
 
     @staticmethod
     def backward(ctx, grad):
-        q, queue, inv_t, lse, dscale, dq, dk, *ids = ctx.saved_tensors
-        normalize, precision, q_dtype, k_dtype, queue_dtype = ctx.settings
+        q, queue, inv_t, lse, dscale, dq, dk, q_inv, *ids = ctx.saved_tensors
+        normalize, precision, q_dtype, k_dtype, queue_dtype, seen = ctx.settings
         w = _row_weights(grad)
         dk_out = dqueue = None
         if ctx.needs_input_grad[1]:
             dk_out = (w[:, None] * dk).to(k_dtype)
-        if ctx.needs_input_grad[2]:  # the columns pass sees the queries as the row pass did
-            q_seen = F.normalize(q.float(), dim=1).to(q.dtype) if normalize else q
+        if ctx.needs_input_grad[2]:
+            # the columns pass must see the very q_i the row pass's logits (and lse) were made of: at
+            # a logit near 10 one ulp of q_i moves p_ij = exp(s_ij - lse_i) by 1e-6 (F.normalize's
+            # q_i gave a trained queue's gradient up to 8x plain PyTorch's error). The kernels scaled
+            # q by the row pass's inverse norms, one fp32 product, which this repeats exactly.
+            q_seen = (q.float() * q_inv[:, None]).to(seen) if normalize else q
             dqueue = _columns_op(q_seen, queue, lse, inv_t, w, *(ids or (None, None)), 0, NO_EXCLUSION,
                                  precision).to(queue_dtype)
         return ((w[:, None] * dq).to(q_dtype), dk_out, dqueue, _temperature_grad(ctx, grad, dscale, 3),
@@ -155,8 +165,9 @@ class _InBatch(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, k, y, inv_t, k_shift, in_batch, row_ids, col_ids, row_labels, col_labels, self_in_columns,
                 precision):
-        loss, lse, dscale, dq, dk = (t[0] for t in _rows_op(x[None], k[None], y, y, y, inv_t, row_ids, col_ids,
-                                                             k_shift, in_batch, False, True, False, precision))
+        *rows, _ = _rows_op(x[None], k[None], y, y, y, inv_t, row_ids, col_ids, k_shift, in_batch, False, True, False,
+                            precision)
+        loss, lse, dscale, dq, dk = (t[0] for t in rows)
         ids = (row_ids, col_ids) if row_ids is not None else ()
         npos = groups = None
         if row_labels is not None:
@@ -234,9 +245,9 @@ class _SCD(torch.autograd.Function):
     @staticmethod
     def forward(ctx, qt, qs, qi, kt, ks, ki, temporal_queue, spatial_queue, instance_queue, inv_t, query_ids,
                 queue_ids, normalize, precision):
-        loss, _, dscale, dq, _ = _rows_op(torch.stack([qt, qs, qi, qi]), torch.stack([ki, ki, kt, ks]),
-                                          instance_queue, temporal_queue, spatial_queue, inv_t, query_ids, queue_ids,
-                                          0, NO_EXCLUSION, normalize, False, True, precision)
+        loss, _, dscale, dq, _, _ = _rows_op(torch.stack([qt, qs, qi, qi]), torch.stack([ki, ki, kt, ks]),
+                                             instance_queue, temporal_queue, spatial_queue, inv_t, query_ids,
+                                             queue_ids, 0, NO_EXCLUSION, normalize, False, True, precision)
         ctx.save_for_backward(dscale, dq)
         ctx.dtypes = (qt.dtype, qs.dtype, qi.dtype)
         return loss

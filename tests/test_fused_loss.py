@@ -87,6 +87,19 @@ def test_infonce_normalize_inside(precision, device):
             device, consts=[unit(50, 16)])
 
 
+def test_a_trained_queue_sees_the_queries_as_the_row_pass_normalised_them(device):
+    """normalize=True with a queue that takes gradients: the columns pass recomputes each
+    p_ij = exp(s_ij - lse_i) against the row pass's lse, so its q_i must be normalised bit for bit
+    as the row pass's were. At logits near 1 / T = 100 one ulp of q_i moves p_ij by 6e-6 (queries
+    normalised by F.normalize instead gave the queue's gradient 2-8x plain PyTorch's error, over
+    the bound in about half the draws); four draws."""
+    for _ in range(4):
+        compare(lambda q, pos, queue: infonce(q, pos, queue, 0.01, normalize=True, backend="triton", precision="ieee"),
+                lambda q, pos, queue: infonce_ref(q, pos, queue, 0.01, normalize=True),
+                [torch.randn(6, 16, dtype=torch.float64) * 3, torch.randn(6, 16, dtype=torch.float64), unit(37, 16)],
+                "ieee", device)
+
+
 def test_infonce_reads_a_transposed_queue_without_a_copy(device):
     """A (D, K) bank, MoCo's layout, passed as bank.t(): the kernels take its strides."""
     bank = unit(90, 32).t().contiguous()                                          # D, K
