@@ -26,12 +26,15 @@ def with_grads(fn, tensors):
     return [loss.detach()] + [g.detach() for g in grads]
 
 
-def compare(fused_fn, ref_fn, inputs, precision, device, consts=(), loss_atol=0.0, scalar_grad_atol=0.0):
+def compare(fused_fn, ref_fn, inputs, precision, device, consts=(), loss_atol=0.0, scalar_grad_atol=0.0,
+            grad_atol=0.0):
     """fused_fn(*inputs, *consts) against ref_fn on the same values: `inputs` (float64, on the
     CPU) take gradients, `consts` do not. Asserts the tolerance rule for the loss and each
     gradient and returns the kernel's errors. `loss_atol` widens the loss's bound by an absolute
     error: the resolution of the terms a loss near 0 is the difference of; `scalar_grad_atol`
-    likewise a single-valued gradient's (a temperature's: a mean of per-anchor terms that cancel)."""
+    likewise a single-valued gradient's (a temperature's: a mean of per-anchor terms that cancel);
+    `grad_atol` a tensor gradient's, as the norm of an absolute error (a gradient formed as a
+    difference of terms far larger than itself)."""
     dtype = DTYPE[precision]
 
     def cast(ts, target_dtype, target_device, grad):
@@ -64,6 +67,8 @@ def compare(fused_fn, ref_fn, inputs, precision, device, consts=(), loss_atol=0.
             allowed += loss_atol / want.double().abs().clamp_min(1e-30).item()
         elif got.numel() == 1:
             allowed += scalar_grad_atol / want.double().abs().clamp_min(1e-30).item()
+        else:
+            allowed += grad_atol / want.double().norm().clamp_min(1e-30).item()
         assert err <= allowed, f"{what}: relative error {err:.3g} > {allowed:.3g} ({precision})"
         errors.append(err)
     return errors
