@@ -82,7 +82,7 @@ def test_infonce_extreme_logits(t, scale, device):
     grad_atol = 2.0 ** -23 * scale ** 0.5 / t * 7 ** 0.5 / 7
     compare(lambda q, pos, queue: infonce(q, pos, queue, t, backend="triton", precision="ieee"),
             lambda q, pos, queue: infonce_ref(q, pos, queue, t), [unit(7, 16) * scale ** 0.5], "ieee", device,
-            consts=[unit(7, 16) * scale ** 0.5, unit(100, 16)], grad_atol=grad_atol)
+            consts=[unit(7, 16) * scale ** 0.5, unit(100, 16)], grad_atol={0: grad_atol})
 
 
 @pytest.mark.parametrize("precision", ["tf32", "bf16"])

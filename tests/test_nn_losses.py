@@ -86,7 +86,7 @@ def test_fused_supcon_equals_the_reference(views, n, d, precision, device):
     compare(lambda f, t: supcon(f, labels, t, backend="triton", precision=kernel_precision(precision), normalize=True),
             lambda f, t: supcon(f, labels.cpu().to(f.device), t, backend="torch", normalize=True),
             [torch.randn(n, views, d, dtype=torch.float64), torch.tensor(temperature, dtype=torch.float64)], precision,
-            device, scalar_grad_atol=atol)
+            device, grad_atol={1: atol})
 
 
 @pytest.mark.parametrize("precision", PRECISIONS)
